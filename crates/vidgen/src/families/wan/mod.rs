@@ -1,0 +1,5 @@
+//! Wan2.1 (and vidgen's own models, which share its architecture).
+
+pub mod config;
+pub mod transformer;
+pub mod vae;

@@ -1,0 +1,8 @@
+//! Building blocks shared by the model families: device-agnostic candle code.
+
+pub mod attention;
+pub mod conv3d;
+pub mod embed;
+pub mod norm;
+pub mod patch;
+pub mod rope;
