@@ -1,1 +1,342 @@
-//! TODO
+//! Model folders in the diffusers layout: finding them, reading their configs, and loading
+//! their weights memory-mapped with a record of which tensors were used.
+//!
+//! ```text
+//! DIR/model_index.json            `_class_name` names the pipeline, hence the family
+//! DIR/transformer/config.json     + *.safetensors (or sharded, with *.safetensors.index.json)
+//! DIR/vae/…  DIR/text_encoder/…  DIR/tokenizer/tokenizer.json  DIR/scheduler/scheduler_config.json
+//! ```
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+use serde::de::DeserializeOwned;
+
+use crate::{Error, Result};
+
+/// What a model folder must hold, for error messages.
+const LAYOUT_HINT: &str = "a model folder is a diffusers pipeline folder with model_index.json, \
+     transformer/, vae/, text_encoder/, tokenizer/ and scheduler/ (or a Hugging Face cache folder \
+     models--ORG--NAME holding such a snapshot)";
+
+/// Resolves `path` to the folder holding `model_index.json`: the folder itself, or, for a
+/// Hugging Face cache folder (`models--org--name`), the snapshot `refs/main` points at (or the
+/// only snapshot). Nothing is downloaded.
+pub fn resolve_model_dir(path: &Path) -> Result<PathBuf> {
+    if !path.exists() {
+        return Err(Error::NotAModel {
+            path: path.to_path_buf(),
+            reason: format!("no such file or folder; {LAYOUT_HINT}"),
+        });
+    }
+    if !path.is_dir() {
+        return Err(Error::NotAModel {
+            path: path.to_path_buf(),
+            reason: format!("not a folder; {LAYOUT_HINT}"),
+        });
+    }
+    if path.join("model_index.json").is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let snapshots = path.join("snapshots");
+    if snapshots.is_dir() {
+        let by_ref = std::fs::read_to_string(path.join("refs").join("main"))
+            .ok()
+            .map(|hash| snapshots.join(hash.trim()))
+            .filter(|dir| dir.join("model_index.json").is_file());
+        if let Some(dir) = by_ref {
+            return Ok(dir);
+        }
+        let candidates: Vec<PathBuf> = std::fs::read_dir(&snapshots)
+            .map_err(|e| Error::io(&snapshots, e))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|dir| dir.join("model_index.json").is_file())
+            .collect();
+        if let [only] = candidates.as_slice() {
+            return Ok(only.clone());
+        }
+        return Err(Error::NotAModel {
+            path: path.to_path_buf(),
+            reason: format!(
+                "a Hugging Face cache folder with {} complete snapshots and no usable refs/main; \
+                 pass the snapshot folder itself",
+                candidates.len()
+            ),
+        });
+    }
+    Err(Error::NotAModel {
+        path: path.to_path_buf(),
+        reason: format!("no model_index.json; {LAYOUT_HINT}"),
+    })
+}
+
+/// Reads and parses a JSON file, with errors that name the file.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::BadConfig {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// The `_class_name` of a `model_index.json` / `config.json` / `scheduler_config.json`.
+pub fn class_name(path: &Path) -> Result<String> {
+    let value: serde_json::Value = read_json(path)?;
+    value
+        .get("_class_name")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| Error::BadConfig {
+            path: path.to_path_buf(),
+            reason: "no `_class_name` string".into(),
+        })
+}
+
+/// The safetensors files of one component folder: the shards an index names, else every
+/// `*.safetensors` file in it.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .collect();
+    let index = entries.iter().find(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(".safetensors.index.json"))
+    });
+    let files: Vec<PathBuf> = if let Some(index) = index {
+        let value: serde_json::Value = read_json(index)?;
+        let map = value
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::BadConfig {
+                path: index.clone(),
+                reason: "no `weight_map` object".into(),
+            })?;
+        let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+        shards.into_iter().map(|s| dir.join(s)).collect()
+    } else {
+        let mut files: Vec<PathBuf> = entries
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        files.sort();
+        files
+    };
+    if files.is_empty() {
+        return Err(Error::BadWeights {
+            path: dir.to_path_buf(),
+            reason: "no *.safetensors file (pickle .bin checkpoints are not read)".into(),
+        });
+    }
+    for file in &files {
+        if !file.is_file() {
+            return Err(Error::BadWeights {
+                path: file.clone(),
+                reason: "listed in the shard index but missing".into(),
+            });
+        }
+    }
+    Ok(files)
+}
+
+/// Memory-mapped weights of one component, recording which tensors the model asked for so
+/// that unused checkpoint tensors can be reported by name after loading.
+#[derive(Clone)]
+pub struct Weights {
+    inner: Arc<TrackedTensors>,
+    dtype: DType,
+    device: Device,
+}
+
+struct TrackedTensors {
+    tensors: MmapedSafetensors,
+    used: Mutex<HashSet<String>>,
+}
+
+impl Weights {
+    /// Opens every weight file of the component folder `dir`, checking that each is a complete
+    /// safetensors file. Tensors load as `dtype` on `device` when the model asks for them.
+    pub fn open(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let files = weight_files(dir)?;
+        Self::open_files(&files, dtype, device)
+    }
+
+    /// Opens the given safetensors files as one set of weights.
+    pub fn open_files(files: &[PathBuf], dtype: DType, device: &Device) -> Result<Self> {
+        for file in files {
+            // Validate each file on its own so the error names the broken one.
+            // SAFETY: the file is mapped read-only; a concurrent writer would corrupt the
+            // weights, as with any memory-mapped checkpoint loader.
+            unsafe { MmapedSafetensors::new(file) }.map_err(|e| Error::BadWeights {
+                path: file.clone(),
+                reason: format!("not a readable safetensors file (truncated or corrupt?): {e}"),
+            })?;
+        }
+        // SAFETY: as above.
+        let tensors = unsafe { MmapedSafetensors::multi(files) }.map_err(|e| Error::BadWeights {
+            path: files[0].clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            inner: Arc::new(TrackedTensors {
+                tensors,
+                used: Mutex::new(HashSet::new()),
+            }),
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    /// A `VarBuilder` over these weights (records every tensor it hands out).
+    pub fn var_builder(&self) -> VarBuilder<'static> {
+        let backend: Box<dyn SimpleBackend> = Box::new(TrackedBackend(self.inner.clone()));
+        VarBuilder::from_backend(backend, self.dtype, self.device.clone())
+    }
+
+    /// Names of all tensors in the files.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .inner
+            .tensors
+            .tensors()
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Names in the files that the model never asked for, sorted.
+    pub fn unused(&self) -> Vec<String> {
+        let used = self.inner.used.lock().expect("weights lock poisoned");
+        self.names()
+            .into_iter()
+            .filter(|n| !used.contains(n))
+            .collect()
+    }
+
+    /// The dtype the weights are stored in (of the first tensor), if any.
+    pub fn stored_dtype(&self) -> Option<candle_core::DType> {
+        let tensors = self.inner.tensors.tensors();
+        let (_, view) = tensors.first()?;
+        candle_core::DType::try_from(view.dtype()).ok()
+    }
+
+    /// Total number of parameters stored.
+    pub fn parameter_count(&self) -> usize {
+        self.inner
+            .tensors
+            .tensors()
+            .iter()
+            .map(|(_, v)| v.shape().iter().product::<usize>())
+            .sum()
+    }
+}
+
+struct TrackedBackend(Arc<TrackedTensors>);
+
+impl SimpleBackend for TrackedBackend {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor = self.get_unchecked(name, dtype, dev)?;
+        if tensor.shape() != &shape {
+            candle_core::bail!(
+                "weight `{name}` has shape {:?} but this model config needs {:?}",
+                tensor.dims(),
+                shape.dims()
+            )
+        }
+        Ok(tensor)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let tensor = self
+            .0
+            .tensors
+            .load(name, dev)
+            .map_err(|_| candle_core::Error::Msg(format!("missing weight `{name}`")))?;
+        self.0
+            .used
+            .lock()
+            .expect("weights lock poisoned")
+            .insert(name.to_owned());
+        tensor.to_dtype(dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.tensors.get(name).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_weights(dir: &Path) -> PathBuf {
+        let file = dir.join("model.safetensors");
+        let a = Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap();
+        let b = Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap();
+        candle_core::safetensors::save(
+            &[("a".to_string(), a), ("b".to_string(), b)].into_iter().collect(),
+            &file,
+        )
+        .unwrap();
+        file
+    }
+
+    #[test]
+    fn unused_and_missing_weights_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        write_weights(dir.path());
+        let weights = Weights::open(dir.path(), DType::F32, &Device::Cpu).unwrap();
+        let vb = weights.var_builder();
+        vb.get((2, 3), "a").unwrap();
+        assert_eq!(weights.unused(), vec!["b".to_string()]);
+        let err = vb.get(5, "c").unwrap_err().to_string();
+        assert!(err.contains("missing weight `c`"), "{err}");
+        let err = vb.get((3, 2), "a").unwrap_err().to_string();
+        assert!(err.contains("`a` has shape [2, 3]"), "{err}");
+    }
+
+    #[test]
+    fn truncated_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_weights(dir.path());
+        let bytes = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &bytes[..bytes.len() - 5]).unwrap();
+        let err = Weights::open(dir.path(), DType::F32, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("truncated or corrupt"), "{err}");
+        assert!(err.contains("model.safetensors"), "{err}");
+    }
+
+    #[test]
+    fn hugging_face_cache_folder_resolves_to_its_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = dir.path().join("snapshots").join("abc123");
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::write(snap.join("model_index.json"), "{}").unwrap();
+        std::fs::create_dir_all(dir.path().join("refs")).unwrap();
+        std::fs::write(dir.path().join("refs").join("main"), "abc123\n").unwrap();
+        assert_eq!(resolve_model_dir(dir.path()).unwrap(), snap);
+        let err = resolve_model_dir(&dir.path().join("nope")).unwrap_err().to_string();
+        assert!(err.contains("no such file or folder"), "{err}");
+        let empty = tempfile::tempdir().unwrap();
+        let err = resolve_model_dir(empty.path()).unwrap_err().to_string();
+        assert!(err.contains("no model_index.json"), "{err}");
+    }
+}

@@ -1,1 +1,1 @@
-//! TODO
+//! 3D convolutions: see the vae branch.

@@ -1,1 +1,96 @@
-//! TODO
+//! Normalisations: RMS norm (query/key norm) and layer norm computed in f32.
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// RMS norm over the last dimension with a learned scale, as `torch.nn.RMSNorm`:
+/// `x / sqrt(mean(x²) + eps) * weight`. Computed in f32 whatever the input dtype.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    /// Loads `weight` of shape `(dim,)`.
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get(dim, "weight")?.to_dtype(DType::F32)?;
+        Ok(Self {
+            weight,
+            eps: eps as f32,
+        })
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let dtype = xs.dtype();
+        candle_nn::ops::rms_norm(&xs.to_dtype(DType::F32)?.contiguous()?, &self.weight, self.eps)?
+            .to_dtype(dtype)
+    }
+}
+
+/// Layer norm over the last dimension, computed in f32 (diffusers' `FP32LayerNorm`), with or
+/// without a learned affine transform. Returns f32; callers cast back where the reference does.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    /// With `affine`, loads `weight` and `bias` of shape `(dim,)`; without, uses 1 and 0.
+    pub fn new(dim: usize, eps: f64, affine: bool, vb: VarBuilder) -> Result<Self> {
+        let (weight, bias) = if affine {
+            (
+                vb.get(dim, "weight")?.to_dtype(DType::F32)?,
+                vb.get(dim, "bias")?.to_dtype(DType::F32)?,
+            )
+        } else {
+            (
+                Tensor::ones(dim, DType::F32, vb.device())?,
+                Tensor::zeros(dim, DType::F32, vb.device())?,
+            )
+        };
+        Ok(Self {
+            weight,
+            bias,
+            eps: eps as f32,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    /// `(…, D)` in any float dtype → `(…, D)` f32.
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::layer_norm(
+            &xs.to_dtype(DType::F32)?.contiguous()?,
+            &self.weight,
+            &self.bias,
+            self.eps,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn layer_norm_without_affine_has_zero_mean_unit_variance() -> Result<()> {
+        let dev = Device::Cpu;
+        let vb = VarBuilder::zeros(DType::F32, &dev);
+        let norm = LayerNorm::new(8, 1e-6, false, vb)?;
+        let xs = Tensor::arange(0f32, 16., &dev)?.reshape((2, 8))?;
+        let ys = norm.forward(&xs)?;
+        let mean = ys.mean_keepdim(1)?.flatten_all()?.to_vec1::<f32>()?;
+        let var = ys.sqr()?.mean_keepdim(1)?.flatten_all()?.to_vec1::<f32>()?;
+        for (m, v) in mean.iter().zip(&var) {
+            assert!(m.abs() < 1e-5, "mean {m}");
+            assert!((v - 1.0).abs() < 1e-4, "var {v}");
+        }
+        Ok(())
+    }
+}

@@ -1,1 +1,385 @@
-//! TODO
+//! `WanTransformer3DModel`: the Wan2.1 video DiT.
+//!
+//! Latents are cut into spacetime patches; every block runs full 3D self-attention with RoPE
+//! over all patches, cross-attention to the text, and an MLP, the first and last modulated by
+//! AdaLN (shift, scale, gate) from the timestep plus a learned per-block table.
+
+use candle_core::{bail, DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::config::WanTransformerConfig;
+use crate::nn::attention::scaled_dot_product_attention;
+use crate::nn::embed::timestep_embedding;
+use crate::nn::norm::{LayerNorm, RmsNorm};
+use crate::nn::patch::{patchify, unpatchify};
+use crate::nn::rope::{apply_rotary_interleaved, Rope3d};
+
+/// A linear layer that flattens leading dimensions so the product is one 2D matmul.
+#[derive(Debug, Clone)]
+struct Linear {
+    weight_t: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = vb.get(out_dim, "bias")?;
+        Ok(Self {
+            weight_t: weight.t()?,
+            bias: Some(bias),
+        })
+    }
+
+    fn from_weight(weight: Tensor, bias: Tensor) -> Result<Self> {
+        Ok(Self {
+            weight_t: weight.t()?,
+            bias: Some(bias),
+        })
+    }
+}
+
+impl Module for Linear {
+    /// `(…, in)` → `(…, out)`.
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let dims = xs.dims().to_vec();
+        let in_dim = *dims.last().unwrap_or(&0);
+        let rows = xs.elem_count() / in_dim.max(1);
+        let ys = xs.contiguous()?.reshape((rows, in_dim))?.matmul(&self.weight_t)?;
+        let ys = match &self.bias {
+            Some(b) => ys.broadcast_add(b)?,
+            None => ys,
+        };
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("non-scalar input") = ys.dim(1)?;
+        ys.reshape(out_dims)
+    }
+}
+
+/// Multi-head attention with RMS-normalised queries and keys (normalised across all heads).
+#[derive(Debug, Clone)]
+struct WanAttention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    norm_q: RmsNorm,
+    norm_k: RmsNorm,
+    heads: usize,
+}
+
+impl WanAttention {
+    fn new(dim: usize, heads: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            to_q: Linear::new(dim, dim, vb.pp("to_q"))?,
+            to_k: Linear::new(dim, dim, vb.pp("to_k"))?,
+            to_v: Linear::new(dim, dim, vb.pp("to_v"))?,
+            to_out: Linear::new(dim, dim, vb.pp("to_out").pp("0"))?,
+            norm_q: RmsNorm::new(dim, eps, vb.pp("norm_q"))?,
+            norm_k: RmsNorm::new(dim, eps, vb.pp("norm_k"))?,
+            heads,
+        })
+    }
+
+    /// `(B, N, D)` → `(B, H, N, d)`.
+    fn split_heads(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, n, dim) = xs.dims3()?;
+        xs.reshape((b, n, self.heads, dim / self.heads))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// * `hidden_states` — `(B, N, D)` queries' source
+    /// * `context` — `(B, M, D)` keys/values' source (`None`: self-attention)
+    /// * `rope` — `(cos, sin)` each `(N, d/2)`, applied to queries and keys (self-attention)
+    ///
+    /// Returns `(B, N, D)`.
+    fn forward(
+        &self,
+        hidden_states: &Tensor,
+        context: Option<&Tensor>,
+        rope: Option<&(Tensor, Tensor)>,
+    ) -> Result<Tensor> {
+        let context = context.unwrap_or(hidden_states);
+        let q = self.norm_q.forward(&self.to_q.forward(hidden_states)?)?;
+        let k = self.norm_k.forward(&self.to_k.forward(context)?)?;
+        let v = self.to_v.forward(context)?;
+        let (mut q, mut k, v) = (self.split_heads(&q)?, self.split_heads(&k)?, self.split_heads(&v)?);
+        if let Some((cos, sin)) = rope {
+            q = apply_rotary_interleaved(&q, cos, sin)?;
+            k = apply_rotary_interleaved(&k, cos, sin)?;
+        }
+        let out = scaled_dot_product_attention(&q, &k, &v)?; // (B, H, N, d)
+        let (b, h, n, d) = out.dims4()?;
+        let out = out.transpose(1, 2)?.contiguous()?.reshape((b, n, h * d))?;
+        self.to_out.forward(&out)
+    }
+}
+
+/// The MLP: `Linear → GELU(tanh) → Linear` (`ffn.net.0.proj`, `ffn.net.2`).
+#[derive(Debug, Clone)]
+struct FeedForward {
+    proj_in: Linear,
+    proj_out: Linear,
+}
+
+impl FeedForward {
+    fn new(dim: usize, inner: usize, vb: VarBuilder) -> Result<Self> {
+        let vb = vb.pp("net");
+        Ok(Self {
+            proj_in: Linear::new(dim, inner, vb.pp("0").pp("proj"))?,
+            proj_out: Linear::new(inner, dim, vb.pp("2"))?,
+        })
+    }
+}
+
+impl Module for FeedForward {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        xs.apply(&self.proj_in)?.gelu()?.apply(&self.proj_out)
+    }
+}
+
+/// `x · (1 + scale) + shift`, all f32 (`x` `(B, N, D)`, `shift`/`scale` `(B, 1, D)`).
+fn modulate(xs: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    xs.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
+}
+
+/// One DiT block: self-attention, cross-attention to the text, MLP.
+#[derive(Debug, Clone)]
+struct WanTransformerBlock {
+    norm1: LayerNorm,
+    attn1: WanAttention,
+    norm2: Option<LayerNorm>,
+    attn2: WanAttention,
+    norm3: LayerNorm,
+    ffn: FeedForward,
+    /// `(1, 6, D)` f32: learned offsets of shift/scale/gate (attention), shift/scale/gate (MLP).
+    scale_shift_table: Tensor,
+}
+
+impl WanTransformerBlock {
+    fn new(cfg: &WanTransformerConfig, vb: VarBuilder) -> Result<Self> {
+        let dim = cfg.inner_dim();
+        let heads = cfg.num_attention_heads;
+        Ok(Self {
+            norm1: LayerNorm::new(dim, cfg.eps, false, vb.pp("norm1"))?,
+            attn1: WanAttention::new(dim, heads, cfg.eps, vb.pp("attn1"))?,
+            norm2: if cfg.cross_attn_norm {
+                Some(LayerNorm::new(dim, cfg.eps, true, vb.pp("norm2"))?)
+            } else {
+                None
+            },
+            attn2: WanAttention::new(dim, heads, cfg.eps, vb.pp("attn2"))?,
+            norm3: LayerNorm::new(dim, cfg.eps, false, vb.pp("norm3"))?,
+            ffn: FeedForward::new(dim, cfg.ffn_dim, vb.pp("ffn"))?,
+            scale_shift_table: vb.get((1, 6, dim), "scale_shift_table")?.to_dtype(DType::F32)?,
+        })
+    }
+
+    /// * `hidden_states` — `(B, N, D)` video tokens
+    /// * `text_states` — `(B, L, D)` projected text
+    /// * `timestep_proj` — `(B, 6, D)` per-sample modulation from the timestep
+    /// * `rope` — `(cos, sin)` each `(N, d/2)`
+    ///
+    /// Returns `(B, N, D)`. Norms, modulation and residual sums run in f32 as in the reference.
+    fn forward(
+        &self,
+        hidden_states: &Tensor,
+        text_states: &Tensor,
+        timestep_proj: &Tensor,
+        rope: &(Tensor, Tensor),
+    ) -> Result<Tensor> {
+        let dtype = hidden_states.dtype();
+        let mods = self
+            .scale_shift_table
+            .broadcast_add(&timestep_proj.to_dtype(DType::F32)?)?
+            .chunk(6, 1)?; // 6 × (B, 1, D)
+        let (shift_msa, scale_msa, gate_msa) = (&mods[0], &mods[1], &mods[2]);
+        let (c_shift, c_scale, c_gate) = (&mods[3], &mods[4], &mods[5]);
+
+        // 1. Self-attention over all spacetime tokens.
+        let normed = modulate(&self.norm1.forward(hidden_states)?, shift_msa, scale_msa)?;
+        let attn = self.attn1.forward(&normed.to_dtype(dtype)?, None, Some(rope))?;
+        let hidden_states = (hidden_states.to_dtype(DType::F32)?
+            + attn.to_dtype(DType::F32)?.broadcast_mul(gate_msa)?)?
+        .to_dtype(dtype)?;
+
+        // 2. Cross-attention to the text (no modulation, no gate).
+        let normed = match &self.norm2 {
+            Some(norm) => norm.forward(&hidden_states)?.to_dtype(dtype)?,
+            None => hidden_states.clone(),
+        };
+        let hidden_states = (&hidden_states + self.attn2.forward(&normed, Some(text_states), None)?)?;
+
+        // 3. Feed-forward.
+        let normed = modulate(&self.norm3.forward(&hidden_states)?, c_shift, c_scale)?;
+        let ff = self.ffn.forward(&normed.to_dtype(dtype)?)?;
+        (hidden_states.to_dtype(DType::F32)? + ff.to_dtype(DType::F32)?.broadcast_mul(c_gate)?)?
+            .to_dtype(dtype)
+    }
+}
+
+/// The Wan2.1 diffusion transformer.
+#[derive(Debug, Clone)]
+pub struct WanTransformer3D {
+    cfg: WanTransformerConfig,
+    patch: (usize, usize, usize),
+    /// `patch_embedding` (a `Conv3d` with kernel = stride = patch) as a linear map on patches.
+    patch_embedding: Linear,
+    time_linear_1: Linear,
+    time_linear_2: Linear,
+    time_proj: Linear,
+    text_linear_1: Linear,
+    text_linear_2: Linear,
+    blocks: Vec<WanTransformerBlock>,
+    norm_out: LayerNorm,
+    proj_out: Linear,
+    /// `(1, 2, D)` f32: learned offsets of the output shift and scale.
+    scale_shift_table: Tensor,
+    rope: Rope3d,
+    dtype: DType,
+}
+
+impl WanTransformer3D {
+    /// Builds the model from `vb` (names as in diffusers' checkpoint: `blocks.{i}.attn1.to_q`, …).
+    pub fn new(cfg: &WanTransformerConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::Msg)?;
+        let patch = cfg.patch().map_err(candle_core::Error::Msg)?;
+        let dim = cfg.inner_dim();
+        let (pt, ph, pw) = patch;
+        let patch_features = cfg.in_channels * pt * ph * pw;
+        let conv_w = vb
+            .pp("patch_embedding")
+            .get((dim, cfg.in_channels, pt, ph, pw), "weight")?;
+        let conv_b = vb.pp("patch_embedding").get(dim, "bias")?;
+        let patch_embedding = Linear::from_weight(conv_w.reshape((dim, patch_features))?, conv_b)?;
+
+        let cond = vb.pp("condition_embedder");
+        // The reference keeps the time embedder in f32 whatever the model dtype.
+        let time_vb = cond.pp("time_embedder").set_dtype(DType::F32);
+        let blocks = (0..cfg.num_layers)
+            .map(|i| WanTransformerBlock::new(cfg, vb.pp("blocks").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            patch,
+            patch_embedding,
+            time_linear_1: Linear::new(cfg.freq_dim, dim, time_vb.pp("linear_1"))?,
+            time_linear_2: Linear::new(dim, dim, time_vb.pp("linear_2"))?,
+            time_proj: Linear::new(dim, 6 * dim, cond.pp("time_proj"))?,
+            text_linear_1: Linear::new(cfg.text_dim, dim, cond.pp("text_embedder").pp("linear_1"))?,
+            text_linear_2: Linear::new(dim, dim, cond.pp("text_embedder").pp("linear_2"))?,
+            blocks,
+            norm_out: LayerNorm::new(dim, cfg.eps, false, vb.pp("norm_out"))?,
+            proj_out: Linear::new(dim, cfg.out_channels() * pt * ph * pw, vb.pp("proj_out"))?,
+            scale_shift_table: vb.get((1, 2, dim), "scale_shift_table")?.to_dtype(DType::F32)?,
+            rope: Rope3d::wan(cfg.attention_head_dim, 10000.0)?,
+            dtype: vb.dtype(),
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &WanTransformerConfig {
+        &self.cfg
+    }
+
+    /// The dtype of the weights (and of the hidden states between blocks).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Projected text states for the cross-attention, `(B, L, text_dim)` → `(B, L, D)`; they
+    /// depend only on the prompt, so the pipeline computes them once for all steps.
+    pub fn embed_text(&self, encoder_hidden_states: &Tensor) -> Result<Tensor> {
+        encoder_hidden_states
+            .to_dtype(self.dtype)?
+            .apply(&self.text_linear_1)?
+            .gelu()?
+            .apply(&self.text_linear_2)
+    }
+
+    /// One denoising call.
+    ///
+    /// * `hidden_states` — `(B, C_in, T, H, W)` latents
+    /// * `timestep` — `(B,)` diffusion time in [0, 1000]
+    /// * `encoder_hidden_states` — `(B, L, text_dim)` text encoder states
+    ///
+    /// Returns the prediction `(B, C_out, T, H, W)` in the model dtype.
+    pub fn forward(
+        &self,
+        hidden_states: &Tensor,
+        timestep: &Tensor,
+        encoder_hidden_states: &Tensor,
+    ) -> Result<Tensor> {
+        let text_states = self.embed_text(encoder_hidden_states)?;
+        self.forward_with_text(hidden_states, timestep, &text_states)
+    }
+
+    /// As [`Self::forward`], with text states already projected by [`Self::embed_text`].
+    pub fn forward_with_text(
+        &self,
+        hidden_states: &Tensor,
+        timestep: &Tensor,
+        text_states: &Tensor,
+    ) -> Result<Tensor> {
+        let (b, c, t, h, w) = hidden_states.dims5()?;
+        let (pt, ph, pw) = self.patch;
+        if c != self.cfg.in_channels || t % pt != 0 || h % ph != 0 || w % pw != 0 {
+            bail!(
+                "expected latents (B, {}, T, H, W) with T, H, W multiples of {:?}, got {:?}",
+                self.cfg.in_channels,
+                self.patch,
+                hidden_states.shape()
+            )
+        }
+        let grid = (t / pt, h / ph, w / pw);
+        let max = self.cfg.rope_max_seq_len;
+        if grid.0 > max || grid.1 > max || grid.2 > max {
+            bail!("patch grid {grid:?} exceeds rope_max_seq_len {max} of this model")
+        }
+        if timestep.dims() != [b] || text_states.dim(0)? != b {
+            bail!(
+                "expected timestep ({b},) and text states ({b}, L, D), got {:?} and {:?}",
+                timestep.shape(),
+                text_states.shape()
+            )
+        }
+        let device = hidden_states.device();
+        let rope = self.rope.cos_sin(grid, device)?;
+
+        // 1. Patch embedding: b c (t pt) (h ph) (w pw) -> b (t h w) (c pt ph pw) -> b N D
+        let tokens = patchify(&hidden_states.to_dtype(self.dtype)?, self.patch)?;
+        let mut hidden = self.patch_embedding.forward(&tokens)?;
+
+        // 2. Timestep conditioning: temb (B, D), timestep_proj (B, 6, D).
+        let t_freq = timestep_embedding(timestep, self.cfg.freq_dim)?;
+        let temb = t_freq
+            .apply(&self.time_linear_1)?
+            .silu()?
+            .apply(&self.time_linear_2)?
+            .to_dtype(self.dtype)?;
+        let dim = self.cfg.inner_dim();
+        let timestep_proj = temb.silu()?.apply(&self.time_proj)?.reshape((b, 6, dim))?;
+
+        // 3. Blocks.
+        for block in &self.blocks {
+            hidden = block.forward(&hidden, text_states, &timestep_proj, &rope)?;
+        }
+
+        // 4. Output norm, modulated by the timestep embedding, and projection to patches.
+        let mods = self
+            .scale_shift_table
+            .broadcast_add(&temb.to_dtype(DType::F32)?.unsqueeze(1)?)?
+            .chunk(2, 1)?; // shift, scale: (B, 1, D)
+        let normed = modulate(&self.norm_out.forward(&hidden)?, &mods[0], &mods[1])?;
+        let out = normed.to_dtype(self.dtype)?.apply(&self.proj_out)?;
+
+        // 5. b (t h w) (pt ph pw c) -> b c (t pt) (h ph) (w pw)
+        unpatchify(&out, grid, self.patch)
+    }
+
+    /// Number of tokens for a latent of `(T, H, W)`: `T/pt · H/ph · W/pw`.
+    pub fn num_tokens(&self, latent: (usize, usize, usize)) -> usize {
+        let (pt, ph, pw) = self.patch;
+        (latent.0 / pt) * (latent.1 / ph) * (latent.2 / pw)
+    }
+}
