@@ -1,1 +1,44 @@
-fn main() {}
+//! `vidgen`: generate videos from text, describe and create model folders.
+
+mod generate;
+mod info;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "vidgen", version, about = "Text-to-video generation with video diffusion transformers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a video from a prompt.
+    Generate(generate::GenerateArgs),
+    /// Describe a model folder: family, sizes, parameters, dtype, what it can do.
+    Info(info::InfoArgs),
+    /// Write a randomly initialised Wan-architecture model folder from a preset.
+    Init(info::InitArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Info(args) => info::run_info(args),
+        Command::Init(args) => info::run_init(args),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}

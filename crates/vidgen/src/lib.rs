@@ -27,4 +27,6 @@ pub mod families;
 
 pub mod pipeline;
 
+pub mod info;
+
 pub use error::{Error, Result};

@@ -1,5 +1,7 @@
 //! Wan2.1 (and vidgen's own models, which share its architecture).
 
 pub mod config;
+pub mod init;
+pub mod presets;
 pub mod transformer;
 pub mod vae;

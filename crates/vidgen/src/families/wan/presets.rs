@@ -1,0 +1,123 @@
+//! Named model sizes of the Wan architecture, for `vidgen init` and `vidgen bench`.
+
+use serde_json::json;
+
+use super::config::WanTransformerConfig;
+use super::vae::AutoencoderKlWanConfig;
+use crate::pipeline::ModelDefaults;
+use crate::text::Umt5Config;
+use crate::{Error, Result};
+
+/// Preset names, smallest first.
+pub const NAMES: &[&str] = &["tiny", "wan2.1-1.3b"];
+
+/// Everything needed to write a model folder of one size.
+#[derive(Debug, Clone)]
+pub struct WanPreset {
+    pub description: &'static str,
+    pub transformer: WanTransformerConfig,
+    pub vae: AutoencoderKlWanConfig,
+    /// Text encoder config; `vocab_size` is replaced by the written tokenizer's size when the
+    /// preset uses vidgen's own small vocabulary (`own_tokenizer`).
+    pub text_encoder: Umt5Config,
+    pub own_tokenizer: bool,
+    /// `scheduler_config.json` contents.
+    pub scheduler: serde_json::Value,
+    pub defaults: ModelDefaults,
+}
+
+/// The UniPC flow-matching scheduler the Wan2.1 checkpoints ship with.
+pub fn wan_unipc_scheduler(flow_shift: f64) -> serde_json::Value {
+    json!({
+        "_class_name": "UniPCMultistepScheduler",
+        "_diffusers_version": "0.42.1",
+        "num_train_timesteps": 1000,
+        "prediction_type": "flow_prediction",
+        "use_flow_sigmas": true,
+        "flow_shift": flow_shift,
+        "solver_order": 2,
+        "solver_type": "bh2",
+        "predict_x0": true,
+        "lower_order_final": true,
+        "final_sigmas_type": "zero",
+        "timestep_spacing": "linspace",
+        "disable_corrector": [],
+        "beta_start": 0.0001,
+        "beta_end": 0.02,
+        "beta_schedule": "linear",
+    })
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T> {
+    serde_json::from_value(value).map_err(|e| Error::BadConfig {
+        path: "<preset>".into(),
+        reason: e.to_string(),
+    })
+}
+
+/// The preset called `name`; the error lists the known names.
+pub fn preset(name: &str) -> Result<WanPreset> {
+    match name {
+        "tiny" => Ok(WanPreset {
+            description: "tiny random Wan-architecture model for tests and demos (~0.2M parameters)",
+            transformer: from_json(json!({
+                "patch_size": [1, 2, 2], "num_attention_heads": 2, "attention_head_dim": 24,
+                "in_channels": 16, "out_channels": 16, "text_dim": 32, "freq_dim": 32,
+                "ffn_dim": 96, "num_layers": 2, "cross_attn_norm": true,
+                "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "rope_max_seq_len": 1024,
+            }))?,
+            vae: from_json(json!({
+                "base_dim": 8, "z_dim": 16, "dim_mult": [1, 2, 2, 2], "num_res_blocks": 1,
+                "attn_scales": [], "temperal_downsample": [false, true, true], "dropout": 0.0,
+            }))?,
+            text_encoder: from_json(json!({
+                "vocab_size": 0, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2,
+                "num_heads": 4, "relative_attention_num_buckets": 32,
+                "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
+                "dropout_rate": 0.0, "is_encoder_decoder": false, "use_cache": false,
+            }))?,
+            own_tokenizer: true,
+            scheduler: wan_unipc_scheduler(3.0),
+            defaults: ModelDefaults {
+                num_frames: 17,
+                height: 64,
+                width: 96,
+                num_inference_steps: 8,
+                guidance_scale: 5.0,
+                fps: 8,
+                max_sequence_length: 64,
+                negative_prompt: String::new(),
+            },
+        }),
+        // Wan-AI/Wan2.1-T2V-1.3B-Diffusers: transformer/config.json, vae/config.json,
+        // text_encoder/config.json (UMT5-XXL) of that repository.
+        "wan2.1-1.3b" => Ok(WanPreset {
+            description: "Wan2.1-T2V-1.3B dimensions (DiT 1.3B, UMT5-XXL 5.7B): random weights, \
+                          for benchmarks",
+            transformer: from_json(json!({
+                "patch_size": [1, 2, 2], "num_attention_heads": 12, "attention_head_dim": 128,
+                "in_channels": 16, "out_channels": 16, "text_dim": 4096, "freq_dim": 256,
+                "ffn_dim": 8960, "num_layers": 30, "cross_attn_norm": true,
+                "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "rope_max_seq_len": 1024,
+            }))?,
+            vae: from_json(json!({
+                "base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
+                "attn_scales": [], "temperal_downsample": [false, true, true], "dropout": 0.0,
+            }))?,
+            text_encoder: from_json(json!({
+                "vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240,
+                "num_layers": 24, "num_heads": 64, "relative_attention_num_buckets": 32,
+                "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
+                "dropout_rate": 0.0, "is_encoder_decoder": false, "use_cache": false,
+            }))?,
+            own_tokenizer: true,
+            scheduler: wan_unipc_scheduler(3.0),
+            defaults: ModelDefaults::default(),
+        }),
+        other => Err(Error::Unsupported {
+            what: "preset",
+            name: other.into(),
+            supported: NAMES.join(", "),
+        }),
+    }
+}
