@@ -1,0 +1,117 @@
+//! `.png`: a poster (the first frame) plus a folder of numbered frames; and reading either.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+use image::{ExtendedColorType, ImageEncoder, ImageReader};
+
+use crate::atomic::{self, is_numbered_png};
+use crate::{decode_error, encode_error, io_error, Frames, Result, DEFAULT_FPS};
+
+/// Encodes one `(H, W, 3)` 8-bit frame as png into `writer`.
+fn encode_png(
+    writer: impl Write,
+    rgb: &[u8],
+    height: usize,
+    width: usize,
+) -> image::ImageResult<()> {
+    // Fast deflate with adaptive filters: frames are many and large; size matters less.
+    PngEncoder::new_with_quality(writer, CompressionType::Fast, FilterType::Adaptive).write_image(
+        rgb,
+        width as u32,
+        height as u32,
+        ExtendedColorType::Rgb8,
+    )
+}
+
+/// The frames folder that goes with a `.png` output: the same path without the extension.
+pub(crate) fn frames_folder(path: &Path) -> PathBuf {
+    path.with_extension("")
+}
+
+/// Writes `NAME.png` (frame 0) and `NAME/00000.png, …` (see [`crate::write`]).
+pub(crate) fn write_png(path: &Path, frames: &Frames) -> Result<()> {
+    let (height, width) = (frames.height, frames.width);
+    if u32::try_from(height.max(width)).is_err() {
+        return Err(encode_error(
+            path,
+            format!("{width}x{height} is too large for png"),
+        ));
+    }
+    let folder = frames_folder(path);
+    atomic::write_dir(&folder, |temp| {
+        for index in 0..frames.frames {
+            let file_path = temp.join(format!("{index:05}.png"));
+            let file = File::create(&file_path).map_err(io_error(&folder))?;
+            let mut writer = BufWriter::new(file);
+            encode_png(&mut writer, &frames.frame_rgb8(index), height, width)
+                .map_err(|e| encode_error(&folder, e))?;
+            writer.flush().map_err(io_error(&folder))?;
+        }
+        Ok(())
+    })?;
+    atomic::write_file(path, |writer| {
+        encode_png(writer, &frames.frame_rgb8(0), height, width).map_err(|e| encode_error(path, e))
+    })
+}
+
+/// Reads one image as `(H, W, 3)` f32 in [0, 1] (16-bit pngs keep their precision; an alpha
+/// channel is dropped).
+fn read_image(path: &Path) -> Result<(usize, usize, Vec<f32>)> {
+    let image = ImageReader::open(path)
+        .map_err(io_error(path))?
+        .with_guessed_format()
+        .map_err(io_error(path))?
+        .decode()
+        .map_err(|e| decode_error(path, e))?;
+    let rgb = image.into_rgb32f();
+    let (width, height) = (rgb.width() as usize, rgb.height() as usize);
+    Ok((height, width, rgb.into_raw()))
+}
+
+/// Reads one png as a one-frame video at [`DEFAULT_FPS`].
+pub(crate) fn read_png(path: &Path) -> Result<Frames> {
+    let (height, width, data) = read_image(path)?;
+    Frames::new(1, height, width, DEFAULT_FPS, data).map_err(|e| decode_error(path, e))
+}
+
+/// Reads a folder of `<digits>.png` frames, in numeric order, at [`DEFAULT_FPS`]; other files
+/// are ignored.
+pub(crate) fn read_png_folder(folder: &Path) -> Result<Frames> {
+    let mut numbered: Vec<(u128, PathBuf)> = Vec::new();
+    for entry in fs::read_dir(folder).map_err(io_error(folder))? {
+        let entry = entry.map_err(io_error(folder))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_numbered_png(&name) {
+            // The digits are a number: "10.png" comes after "9.png" (u128 holds 38 digits).
+            let number = name.trim_end_matches(".png").parse().unwrap_or(u128::MAX);
+            numbered.push((number, entry.path()));
+        }
+    }
+    if numbered.is_empty() {
+        return Err(decode_error(
+            folder,
+            "the folder holds no numbered frames (00000.png, 00001.png, …)",
+        ));
+    }
+    numbered.sort();
+    let (mut height, mut width) = (0, 0);
+    let mut data = Vec::new();
+    for (index, (_, file)) in numbered.iter().enumerate() {
+        let (h, w, pixels) = read_image(file)?;
+        if index == 0 {
+            (height, width) = (h, w);
+            data.reserve(numbered.len() * pixels.len());
+        } else if (h, w) != (height, width) {
+            return Err(decode_error(
+                file,
+                format!("is {w}x{h} but the first frame is {width}x{height}"),
+            ));
+        }
+        data.extend(pixels);
+    }
+    Frames::new(numbered.len(), height, width, DEFAULT_FPS, data)
+        .map_err(|e| decode_error(folder, e))
+}
