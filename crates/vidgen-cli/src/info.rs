@@ -39,6 +39,9 @@ pub struct InitArgs {
     /// List the presets and exit.
     #[arg(long)]
     pub list: bool,
+    /// Replace the output folder if it already holds a model (a folder with model_index.json).
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run_init(args: InitArgs) -> Result<()> {
@@ -52,6 +55,16 @@ pub fn run_init(args: InitArgs) -> Result<()> {
     }
     let output = args.output.expect("clap requires --output without --list");
     let preset = presets::preset(&args.preset)?;
+    if args.force && output.exists() {
+        if !output.join("model_index.json").is_file() {
+            anyhow::bail!(
+                "--force replaces only model folders; {} has no model_index.json",
+                output.display()
+            );
+        }
+        std::fs::remove_dir_all(&output)
+            .with_context(|| format!("removing {}", output.display()))?;
+    }
     vidgen::families::wan::init::write_random_model(&output, &preset, args.seed)
         .with_context(|| format!("writing model folder {}", output.display()))?;
     eprintln!(

@@ -1,5 +1,6 @@
 //! `vidgen`: generate videos from text, describe and create model folders.
 
+mod bench;
 mod generate;
 mod info;
 
@@ -21,6 +22,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Write a randomly initialised Wan-architecture model folder from a preset.
     Init(info::InitArgs),
+    /// Time the transformer and the VAE at real sizes with random weights (JSON lines).
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -36,6 +39,7 @@ fn main() {
         Command::Generate(args) => generate::run(args),
         Command::Info(args) => info::run_info(args),
         Command::Init(args) => info::run_init(args),
+        Command::Bench(args) => bench::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

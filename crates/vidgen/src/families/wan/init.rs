@@ -127,8 +127,20 @@ fn write_random_weights(
     rng: &mut NoiseRng,
     build: impl FnOnce(VarBuilder) -> candle_core::Result<()>,
 ) -> Result<()> {
+    random_weights(rng, DType::F32, build)?.save(path)?;
+    Ok(())
+}
+
+/// Random weights for whatever model `build` constructs: every tensor it asks for, named and
+/// shaped as it asks, initialised like PyTorch's module defaults, stored as `dtype`. Build the
+/// model again from `VarBuilder::from_varmap(&map, dtype, device)` to use them.
+pub fn random_weights(
+    rng: &mut NoiseRng,
+    dtype: DType,
+    build: impl FnOnce(VarBuilder) -> candle_core::Result<()>,
+) -> Result<VarMap> {
     let varmap = VarMap::new();
-    build(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+    build(VarBuilder::from_varmap(&varmap, dtype, &Device::Cpu))?;
     let mut vars: Vec<(String, candle_nn::Var)> = varmap
         .data()
         .lock()
@@ -147,10 +159,10 @@ fn write_random_weights(
             .strip_suffix("bias")
             .and_then(|prefix| shapes.get(&format!("{prefix}weight")));
         let fan_in_dims = weight_dims.map_or(var.dims(), |d| d.as_slice());
-        var.set(&initial_value(name, var.dims(), fan_in_dims, rng)?)?;
+        let value = initial_value(name, var.dims(), fan_in_dims, rng)?;
+        var.set(&value.to_dtype(dtype)?)?;
     }
-    varmap.save(path)?;
-    Ok(())
+    Ok(varmap)
 }
 
 /// The starting value of one weight, chosen from its name and shape like PyTorch's module

@@ -1,0 +1,266 @@
+//! End-to-end tests of the `vidgen` binary: parity with diffusers through the command-line
+//! contract (`--latents`, `--save-frames`), and bad input that must fail cleanly.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{Device, Tensor};
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/wan")
+}
+
+fn vidgen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vidgen"))
+        .args(args)
+        .output()
+        .expect("run vidgen")
+}
+
+fn reference() -> std::collections::HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture().join("reference.safetensors"), &Device::Cpu).unwrap()
+}
+
+/// Copies the fixture pipeline folder (small) so a test can change one file of it.
+fn copy_model(to: &Path) -> PathBuf {
+    let dst = to.join("model");
+    copy_dir(&fixture().join("pipeline"), &dst);
+    dst
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let target = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn save_latents(path: &Path, latents: &Tensor) {
+    candle_core::safetensors::save(
+        &[("latents".to_string(), latents.clone())].into_iter().collect(),
+        path,
+    )
+    .unwrap();
+}
+
+/// Runs the fixture's pipeline call through the CLI and compares frames with diffusers'.
+fn pipeline_parity(model: &Path, scheduler: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let refs = reference();
+    let latents = tmp.path().join("latents.safetensors");
+    save_latents(&latents, &refs[&format!("pipeline.{scheduler}.latents")]);
+    let frames = tmp.path().join("frames.safetensors");
+    let out = tmp.path().join("out.mp4");
+    let o = vidgen(&[
+        "generate",
+        "A red  ball &amp; a blue box bounce",
+        "--negative-prompt",
+        "blurry, static",
+        "--model",
+        model.to_str().unwrap(),
+        "--latents",
+        latents.to_str().unwrap(),
+        "--steps",
+        "4",
+        "--guidance",
+        "4.5",
+        "--max-sequence-length",
+        "24",
+        "--save-frames",
+        frames.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.is_file());
+    let got = candle_core::safetensors::load(&frames, &Device::Cpu).unwrap()["frames"].clone();
+    let want = &refs[&format!("pipeline.{scheduler}.frames")];
+    assert_eq!(got.dims(), want.dims());
+    let err = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    println!("{scheduler}: frames max abs error {err:e}");
+    assert!(err <= 2e-3, "{scheduler}: frames max abs error {err}");
+}
+
+#[test]
+fn unipc_pipeline_matches_diffusers_through_the_cli() {
+    pipeline_parity(&fixture().join("pipeline"), "unipc");
+}
+
+#[test]
+fn euler_pipeline_matches_diffusers_through_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = copy_model(tmp.path());
+    std::fs::write(
+        model.join("scheduler/scheduler_config.json"),
+        r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}"#,
+    )
+    .unwrap();
+    pipeline_parity(&model, "euler");
+}
+
+/// Runs `generate` expecting failure; returns stderr and checks no output was left.
+fn fails(model: &Path, extra: &[&str], out_name: &str) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join(out_name);
+    let mut args = vec!["generate", "a ball", "--model", model.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--steps", "1", "-o", out.to_str().unwrap()]);
+    let o = vidgen(&args);
+    let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success(), "expected failure for {extra:?}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "files left behind for {extra:?}: {left:?}");
+    stderr
+}
+
+#[test]
+fn impossible_sizes_and_settings_are_refused_with_what_is_accepted() {
+    let model = fixture().join("pipeline");
+    let err = fails(&model, &["--frames", "8"], "o.mp4");
+    assert!(err.contains("frames must be of the form 4k+1"), "{err}");
+    let err = fails(&model, &["--height", "40"], "o.mp4");
+    assert!(err.contains("multiples of 16"), "{err}");
+    let err = fails(&model, &["--width", "0"], "o.mp4");
+    assert!(err.contains("multiples of 16"), "{err}");
+    let err = fails(&model, &["--guidance=-1"], "o.mp4");
+    assert!(err.contains("guidance must be a finite number ≥ 0"), "{err}");
+    let err = fails(&model, &["--steps", "0"], "o.mp4");
+    assert!(err.contains("steps must be at least 1"), "{err}");
+    let err = fails(&model, &[], "o.avi");
+    assert!(err.contains("use one of: .mp4, .gif, .png"), "{err}");
+    let err = fails(&model, &["--frames", "1", "--height", "2048", "--width", "32"], "o.mp4");
+    assert!(err.contains("at most 32 patches per axis"), "{err}");
+}
+
+#[test]
+fn zero_steps_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o.mp4");
+    let model = fixture().join("pipeline");
+    let o = vidgen(&["generate", "a", "--model", model.to_str().unwrap(), "--steps", "0", "-o", out.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("steps must be at least 1"));
+    assert!(!out.exists());
+}
+
+#[test]
+fn bad_output_locations_are_refused_before_any_work() {
+    let model = fixture().join("pipeline");
+    let o = vidgen(&["generate", "a", "--model", model.to_str().unwrap(), "-o", "/nonexistent-dir/x.mp4"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("does not exist"), "{err}");
+    // Not writable even for root: /proc takes no new files.
+    let o = vidgen(&["generate", "a", "--model", model.to_str().unwrap(), "-o", "/proc/vidgen-test.mp4"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cannot write in /proc"), "{err}");
+}
+
+#[test]
+fn broken_model_folders_get_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Not a pipeline folder at all.
+    let err = fails(tmp.path(), &[], "o.mp4");
+    assert!(err.contains("no model_index.json"), "{err}");
+    let err = fails(&tmp.path().join("missing"), &[], "o.mp4");
+    assert!(err.contains("no such file or folder"), "{err}");
+
+    // An unknown pipeline class.
+    let model = copy_model(tmp.path());
+    std::fs::write(model.join("model_index.json"), r#"{"_class_name": "FancyPipeline"}"#).unwrap();
+    let err = fails(&model, &[], "o.mp4");
+    assert!(err.contains("unsupported pipeline `FancyPipeline`; supported: WanPipeline"), "{err}");
+    std::fs::remove_dir_all(&model).unwrap();
+
+    // A truncated weight file.
+    let model = copy_model(tmp.path());
+    let file = model.join("transformer/diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    let err = fails(&model, &[], "o.mp4");
+    assert!(err.contains("truncated or corrupt"), "{err}");
+    assert!(err.contains("diffusion_pytorch_model.safetensors"), "{err}");
+    std::fs::remove_dir_all(&model).unwrap();
+
+    // A missing weight file.
+    let model = copy_model(tmp.path());
+    std::fs::remove_file(model.join("vae/diffusion_pytorch_model.safetensors")).unwrap();
+    let err = fails(&model, &[], "o.mp4");
+    assert!(err.contains("no *.safetensors file"), "{err}");
+    std::fs::remove_dir_all(&model).unwrap();
+
+    // A weight of the wrong shape: a config that disagrees with the checkpoint.
+    let model = copy_model(tmp.path());
+    let cfg_path = model.join("transformer/config.json");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap().replace("\"ffn_dim\": 40", "\"ffn_dim\": 41");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let err = fails(&model, &[], "o.mp4");
+    assert!(err.contains("blocks.0.ffn.net.0.proj.weight"), "{err}");
+    assert!(err.contains("has shape [40, 48]"), "{err}");
+    std::fs::remove_dir_all(&model).unwrap();
+
+    // An unsupported scheduler.
+    let model = copy_model(tmp.path());
+    std::fs::write(model.join("scheduler/scheduler_config.json"), r#"{"_class_name": "DPMSolverSDEScheduler"}"#).unwrap();
+    let err = fails(&model, &[], "o.mp4");
+    assert!(err.contains("DPMSolverSDEScheduler"), "{err}");
+}
+
+#[test]
+fn latents_of_the_wrong_shape_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let latents = tmp.path().join("l.safetensors");
+    save_latents(&latents, &Tensor::zeros((1, 4, 3, 4, 6), candle_core::DType::F32, &Device::Cpu).unwrap());
+    let model = fixture().join("pipeline");
+    let out = tmp.path().join("o.mp4");
+    let o = vidgen(&["generate", "a", "--model", model.to_str().unwrap(), "--latents", latents.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("latents must be (1, 8, T, H, W)"), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn init_info_and_generate_work_together() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("tiny");
+    let o = vidgen(&["init", "--preset", "tiny", "-o", model.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = vidgen(&["info", model.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(info["pipeline"], "WanPipeline");
+    assert_eq!(info["defaults"]["num_frames"], 17);
+    assert!(info["transformer"]["parameters"].as_u64().unwrap() > 10_000);
+    // A second init into the same folder is refused; --force replaces it.
+    let o = vidgen(&["init", "--preset", "tiny", "-o", model.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let o = vidgen(&["init", "--preset", "tiny", "-o", model.to_str().unwrap(), "--force"]);
+    assert!(o.status.success());
+
+    let out = tmp.path().join("clip.gif");
+    let frames = tmp.path().join("frames.safetensors");
+    let o = vidgen(&["generate", "a red ball bounces", "--model", model.to_str().unwrap(), "--seed", "3", "--steps", "2", "-o", out.to_str().unwrap(), "--save-frames", frames.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.is_file());
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("clip.gif.json")).unwrap()).unwrap();
+    assert_eq!(sidecar["settings"]["seed"], 3);
+    let got = candle_core::safetensors::load(&frames, &Device::Cpu).unwrap()["frames"].clone();
+    assert_eq!(got.dims(), &[17, 64, 96, 3]);
+
+    // The same seed gives the same frames.
+    let frames2 = tmp.path().join("frames2.safetensors");
+    let o = vidgen(&["generate", "a red ball bounces", "--model", model.to_str().unwrap(), "--seed", "3", "--steps", "2", "-o", out.to_str().unwrap(), "--save-frames", frames2.to_str().unwrap()]);
+    assert!(o.status.success());
+    let again = candle_core::safetensors::load(&frames2, &Device::Cpu).unwrap()["frames"].clone();
+    let diff = (got - again).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(diff, 0.0);
+}
