@@ -3,3 +3,5 @@
 pub mod config;
 pub mod transformer;
 pub mod vae;
+mod vae_blocks;
+mod vae_tiling;
