@@ -1,1 +1,622 @@
-//! 3D convolutions: see the vae branch.
+//! 3D convolution (PyTorch's `nn.Conv3d`) and the causal variant with the frame cache that the
+//! Wan VAE uses to process a video chunk by chunk. candle has no conv3d, so it is built here from
+//! candle ops and runs on any device.
+//!
+//! How: activations are kept channels-last, `(T, H, W, C)`. The input is zero-padded in space and
+//! each frame flattened to rows of `C` values on the padded grid `(Hp, Wp)`. For a stride-1 conv a
+//! spatial tap `(dy, dx)` is then a *contiguous* run of rows starting at `dy * Wp + dx`, so the
+//! im2col matrix of a band of output rows is a cat of `T * kh * kw` contiguous slices (one memcpy
+//! each, no index arithmetic). Its columns are ordered `(t, dy, dx, c)`, so the `kt` frames that
+//! one output frame reads are a column window of it and each output frame is one matmul with
+//! `K = kt * kh * kw * C` against the reshaped weight. Outputs are computed on the padded width
+//! and the `Wp - Wo` wrap-around columns dropped. Frames that are pure zero padding are skipped
+//! (their rows of the weight too) instead of being materialised. Bands of output rows bound the
+//! im2col buffer. Measured against per-frame candle `conv2d` calls, see `examples/vae_decode_bench.rs`.
+
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// Frames of its input a causal conv keeps for the next chunk (the `CACHE_T` of the reference).
+pub const CACHE_T: usize = 2;
+
+/// Most im2col elements built at once (per band of output rows); bounds the conv's scratch memory.
+const IM2COL_BUDGET: usize = 1 << 23;
+
+/// Zero padding `(before, after)` on each convolved axis.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Padding3d {
+    /// Frames of zeros before and after the input.
+    pub t: (usize, usize),
+    /// Rows of zeros above and below.
+    pub h: (usize, usize),
+    /// Columns of zeros left and right.
+    pub w: (usize, usize),
+}
+
+impl Padding3d {
+    /// The same padding on both sides of each axis, as PyTorch's `padding=(pt, ph, pw)`.
+    pub fn symmetric((pt, ph, pw): (usize, usize, usize)) -> Self {
+        Self {
+            t: (pt, pt),
+            h: (ph, ph),
+            w: (pw, pw),
+        }
+    }
+}
+
+/// A 3D convolution with PyTorch's `nn.Conv3d` weights and semantics (no dilation, no groups).
+#[derive(Clone, Debug)]
+pub struct Conv3d {
+    /// `(C_out, C_in, kt, kh, kw)` as stored in checkpoints.
+    weight: Tensor,
+    /// `(C_out,)`.
+    bias: Option<Tensor>,
+    /// `(kt * kh * kw * C_in, C_out)`, rows ordered `(dt, dy, dx, c_in)` like the im2col columns.
+    w_mat: Tensor,
+    kernel: (usize, usize, usize),
+    stride: (usize, usize, usize),
+    padding: (usize, usize, usize),
+}
+
+impl Conv3d {
+    /// Wraps a `(C_out, C_in, kt, kh, kw)` weight and optional `(C_out,)` bias.
+    pub fn new(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        stride: (usize, usize, usize),
+        padding: (usize, usize, usize),
+    ) -> Result<Self> {
+        let (c_out, c_in, kt, kh, kw) = weight.dims5()?;
+        if stride.0 == 0 || stride.1 == 0 || stride.2 == 0 {
+            candle_core::bail!("conv3d stride must be positive, got {stride:?}")
+        }
+        if let Some(b) = &bias {
+            if b.dims() != [c_out] {
+                candle_core::bail!("conv3d bias must be ({c_out},), got {:?}", b.shape())
+            }
+        }
+        // (C_out, C_in, kt, kh, kw) -> (kt, kh, kw, C_in, C_out) -> (kt kh kw C_in, C_out)
+        let w_mat = weight
+            .permute((2, 3, 4, 1, 0))?
+            .contiguous()?
+            .reshape((kt * kh * kw * c_in, c_out))?;
+        Ok(Self {
+            weight,
+            bias,
+            w_mat,
+            kernel: (kt, kh, kw),
+            stride,
+            padding,
+        })
+    }
+
+    /// Loads `weight` and `bias` from `vb`, checking their shapes.
+    pub fn load(
+        vb: VarBuilder,
+        c_in: usize,
+        c_out: usize,
+        kernel: (usize, usize, usize),
+        stride: (usize, usize, usize),
+        padding: (usize, usize, usize),
+    ) -> Result<Self> {
+        let weight = vb.get((c_out, c_in, kernel.0, kernel.1, kernel.2), "weight")?;
+        let bias = vb.get(c_out, "bias")?;
+        Self::new(weight, Some(bias), stride, padding)
+    }
+
+    /// Loads a 2D conv (`(C_out, C_in, kh, kw)` weight) as a conv3d with `kt = 1`.
+    pub fn load_2d(
+        vb: VarBuilder,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let weight = vb.get((c_out, c_in, kernel, kernel), "weight")?;
+        let bias = vb.get(c_out, "bias")?;
+        Self::new(
+            weight.unsqueeze(2)?,
+            Some(bias),
+            (1, stride, stride),
+            (0, padding, padding),
+        )
+    }
+
+    /// The `(C_out, C_in, kt, kh, kw)` weight.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// `(kt, kh, kw)`.
+    pub fn kernel(&self) -> (usize, usize, usize) {
+        self.kernel
+    }
+
+    /// The PyTorch-layout forward: `(B, C_in, T, H, W)` -> `(B, C_out, T', H', W')`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // b c t h w -> b t h w c
+        let x_cl = x.permute((0, 2, 3, 4, 1))?.contiguous()?;
+        let y = self.forward_cl(&x_cl)?;
+        // b t h w c -> b c t h w
+        y.permute((0, 4, 1, 2, 3))?.contiguous()
+    }
+
+    /// Channels-last forward with the layer's own padding: `(B, T, H, W, C_in)` ->
+    /// `(B, T', H', W', C_out)`.
+    pub fn forward_cl(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_cl_padded(&[x], Padding3d::symmetric(self.padding))
+    }
+
+    /// Channels-last forward over the time-concatenation of `parts` (each `(B, T_i, H, W, C_in)`)
+    /// with explicit zero padding `pad` (the layer's own padding is ignored).
+    ///
+    /// Returns `(B, T', H', W', C_out)`.
+    pub fn forward_cl_padded(&self, parts: &[&Tensor], pad: Padding3d) -> Result<Tensor> {
+        let c_in = self.weight.dim(1)?;
+        let Some(first) = parts.first() else {
+            candle_core::bail!("conv3d needs at least one input part")
+        };
+        let (b, _, h, w, c) = first.dims5()?;
+        for p in parts {
+            let (pb, _, ph, pw, pc) = p.dims5()?;
+            if (pb, ph, pw, pc) != (b, h, w, c_in) {
+                candle_core::bail!(
+                    "conv3d expected input (B, T, H, W, C) = ({b}, _, {h}, {w}, {c_in}), got {:?}",
+                    p.shape()
+                )
+            }
+        }
+        let _ = c;
+        let outs = (0..b)
+            .map(|i| {
+                let frames = parts.iter().map(|p| p.i(i)).collect::<Result<Vec<_>>>()?;
+                let frames: Vec<&Tensor> = frames.iter().collect();
+                self.conv_one(&frames, pad)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let y = Tensor::stack(&outs, 0)?;
+        match &self.bias {
+            Some(bias) => y.broadcast_add(bias),
+            None => Ok(y),
+        }
+    }
+
+    /// One batch element: `parts` each `(T_i, H, W, C_in)` -> `(T', H', W', C_out)`, no bias.
+    fn conv_one(&self, parts: &[&Tensor], pad: Padding3d) -> Result<Tensor> {
+        let (kt, kh, kw) = self.kernel;
+        let (st, sh, sw) = self.stride;
+        let (_, h, w, c) = parts[0].dims4()?;
+        let c_out = self.w_mat.dim(1)?;
+        let t_in: usize = parts.iter().map(|p| p.dim(0)).sum::<Result<usize>>()?;
+        let (hp, wp) = (h + pad.h.0 + pad.h.1, w + pad.w.0 + pad.w.1);
+        let t_total = t_in + pad.t.0 + pad.t.1;
+        if t_total < kt || hp < kh || wp < kw {
+            candle_core::bail!(
+                "conv3d input ({t_total}, {hp}, {wp}) after padding is smaller than the kernel {:?}",
+                self.kernel
+            )
+        }
+        let t_out = (t_total - kt) / st + 1;
+        let (h_out, w_out) = ((hp - kh) / sh + 1, (wp - kw) / sw + 1);
+
+        // 1. Tap sources: for every real input frame and spatial tap, a (rows, C) tensor whose
+        //    row r feeds output position r of a grid `grid_w` wide.
+        let (taps, grid_w) = if (sh, sw) == (1, 1) {
+            // padded grid flattened; one spare row so the last taps' row runs stay in bounds
+            let spare = usize::from(kw > 1);
+            let flat = parts
+                .iter()
+                .map(|p| {
+                    let tp = p.dim(0)?;
+                    pad_hw(p, (pad.h.0, pad.h.1 + spare), pad.w)?.reshape((tp, (hp + spare) * wp, c))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            (TapSource::Grid(flat), wp)
+        } else {
+            (
+                TapSource::Gathered(gather_strided_taps(parts, self, pad, h_out, w_out)?),
+                w_out,
+            )
+        };
+        let tap_row = |frame: usize, dy: usize, dx: usize, y0: usize, rows: usize| -> Result<Tensor> {
+            match &taps {
+                TapSource::Grid(flat) => {
+                    let (part, t) = locate(flat, frame)?;
+                    part.i(t)?.narrow(0, (y0 + dy) * wp + dx, rows)
+                }
+                TapSource::Gathered(g) => g[frame][dy * kw + dx].narrow(0, y0 * grid_w, rows),
+            }
+        };
+
+        // 2. Bands of output rows, each with one im2col matrix (rows, T_in kh kw C) and one
+        //    matmul per output frame over the column window of the frames it reads.
+        let tap_k = kh * kw * c;
+        let band_rows = (IM2COL_BUDGET / (grid_w * t_in * tap_k).max(1)).clamp(1, h_out);
+        let mut pieces: Vec<Tensor> = Vec::new();
+        let mut band_outs: Vec<Vec<Tensor>> = vec![Vec::new(); t_out];
+        let on_cpu = self.w_mat.device().is_cpu();
+        let mut y0 = 0;
+        while y0 < h_out {
+            let rows_here = band_rows.min(h_out - y0);
+            let n = rows_here * grid_w;
+            let mut cols = Vec::with_capacity(t_in * kh * kw);
+            for f in 0..t_in {
+                for dy in 0..kh {
+                    for dx in 0..kw {
+                        cols.push(tap_row(f, dy, dx, y0, n)?);
+                    }
+                }
+            }
+            let im2col = Tensor::cat(&cols, 1)?; // (n, T_in kh kw C)
+            drop(cols);
+            for (to, outs) in band_outs.iter_mut().enumerate() {
+                // input frames of this output in padded time, clipped to the real frames
+                let first = to * st;
+                let lo = first.max(pad.t.0);
+                let hi = (first + kt).min(pad.t.0 + t_in);
+                if lo >= hi {
+                    continue;
+                }
+                let mut lhs = im2col.narrow(1, (lo - pad.t.0) * tap_k, (hi - lo) * tap_k)?;
+                if !on_cpu {
+                    lhs = lhs.contiguous()?; // cuBLAS / MPS want dense operands
+                }
+                let rhs = self.w_mat.narrow(0, (lo - first) * tap_k, (hi - lo) * tap_k)?;
+                let y = lhs.matmul(&rhs)?; // (n, C_out)
+                // (rows grid_w) c -> rows grid_w c, keep the w_out valid columns
+                outs.push(y.reshape((rows_here, grid_w, c_out))?.narrow(1, 0, w_out)?);
+            }
+            y0 += rows_here;
+        }
+        for outs in band_outs {
+            if outs.is_empty() {
+                // every frame this output reads is padding
+                let (dt, dev) = (self.w_mat.dtype(), self.w_mat.device());
+                pieces.push(Tensor::zeros((h_out, w_out, c_out), dt, dev)?);
+            } else {
+                pieces.extend(outs);
+            }
+        }
+        // (t_out h_out) w_out c_out -> t_out h_out w_out c_out
+        Tensor::cat(&pieces, 0)?.reshape((t_out, h_out, w_out, c_out))
+    }
+}
+
+/// Where the im2col columns come from.
+enum TapSource {
+    /// Stride 1: per part, `(T_i, rows of the padded grid, C)`; taps are contiguous row runs.
+    Grid(Vec<Tensor>),
+    /// Strided: per frame and tap `(dy, dx)`, a dense `(H' W', C)` gather.
+    Gathered(Vec<Vec<Tensor>>),
+}
+
+/// Finds frame `f` of the time-concatenation of `parts` (each `(T_i, ...)`).
+fn locate(parts: &[Tensor], mut f: usize) -> Result<(&Tensor, usize)> {
+    for p in parts {
+        let t = p.dim(0)?;
+        if f < t {
+            return Ok((p, f));
+        }
+        f -= t;
+    }
+    candle_core::bail!("conv3d frame index out of range")
+}
+
+/// Zero-pads `(T, H, W, C)` to `(T, H + top + bottom, W + left + right, C)` with two copies.
+pub(crate) fn pad_hw(x: &Tensor, (top, bottom): (usize, usize), (left, right): (usize, usize)) -> Result<Tensor> {
+    let (t, h, w, c) = x.dims4()?;
+    let (dt, dev) = (x.dtype(), x.device());
+    let mut x = x.contiguous()?;
+    let wp = w + left + right;
+    if left + right > 0 {
+        // t h w c -> t h (w c): pad the flattened rows
+        let mut cols = Vec::with_capacity(3);
+        if left > 0 {
+            cols.push(Tensor::zeros((t, h, left * c), dt, dev)?);
+        }
+        cols.push(x.reshape((t, h, w * c))?);
+        if right > 0 {
+            cols.push(Tensor::zeros((t, h, right * c), dt, dev)?);
+        }
+        x = Tensor::cat(&cols, 2)?;
+    }
+    if top + bottom > 0 {
+        // t h (w c) -> t (h w c): pad the flattened frame
+        let mut rows = Vec::with_capacity(3);
+        if top > 0 {
+            rows.push(Tensor::zeros((t, top * wp * c), dt, dev)?);
+        }
+        rows.push(x.reshape((t, h * wp * c))?);
+        if bottom > 0 {
+            rows.push(Tensor::zeros((t, bottom * wp * c), dt, dev)?);
+        }
+        x = Tensor::cat(&rows, 1)?;
+    }
+    x.reshape((t, h + top + bottom, wp, c))
+}
+
+/// For a spatially strided conv: per real input frame, per tap, the `(H' W', C)` input values
+/// that tap reads (two copies each; only the encoder's three downsampling convs come here).
+fn gather_strided_taps(
+    parts: &[&Tensor],
+    conv: &Conv3d,
+    pad: Padding3d,
+    h_out: usize,
+    w_out: usize,
+) -> Result<Vec<Vec<Tensor>>> {
+    let (_, kh, kw) = conv.kernel;
+    let (_, sh, sw) = conv.stride;
+    let mut out = Vec::new();
+    for p in parts {
+        let (t, h, w, c) = p.dims4()?;
+        // round the padded size up to whole strides; the extra zeros are never read
+        let hp = (h + pad.h.0 + pad.h.1).div_ceil(sh) * sh;
+        let wp = (w + pad.w.0 + pad.w.1).div_ceil(sw) * sw;
+        let xp = pad_hw(p, (pad.h.0, hp - h - pad.h.0), (pad.w.0, wp - w - pad.w.0))?;
+        // t (hq sh) (wq sw) c -> t hq sh wq (sw c)
+        let xp = xp.reshape((t, hp / sh, sh, wp / sw, sw * c))?;
+        for f in 0..t {
+            let mut taps = Vec::with_capacity(kh * kw);
+            for dy in 0..kh {
+                for dx in 0..kw {
+                    let v = xp
+                        .i((f, .., dy % sh))?
+                        .narrow(0, dy / sh, h_out)?
+                        .narrow(1, dx / sw, w_out)?
+                        .narrow(2, (dx % sw) * c, c)?;
+                    taps.push(v.contiguous()?.reshape((h_out * w_out, c))?);
+                }
+            }
+            out.push(taps);
+        }
+    }
+    Ok(out)
+}
+
+/// The Wan VAE's causal conv: zeros (or cached frames) only *before* the input in time, symmetric
+/// zero padding in space. Without a cache it equals `Conv3d` on the input with `2 * pt` zero
+/// frames prepended; with the previous chunk's last frames as cache, chunked processing equals
+/// processing the whole video at once.
+#[derive(Clone, Debug)]
+pub struct CausalConv3d {
+    conv: Conv3d,
+}
+
+impl CausalConv3d {
+    /// Wraps a conv whose `padding` is PyTorch's `padding=(pt, ph, pw)` argument.
+    pub fn new(conv: Conv3d) -> Self {
+        Self { conv }
+    }
+
+    /// Loads `weight` `(C_out, C_in, kt, kh, kw)` and `bias` from `vb`.
+    pub fn load(
+        vb: VarBuilder,
+        c_in: usize,
+        c_out: usize,
+        kernel: (usize, usize, usize),
+        stride: (usize, usize, usize),
+        padding: (usize, usize, usize),
+    ) -> Result<Self> {
+        Conv3d::load(vb, c_in, c_out, kernel, stride, padding).map(Self::new)
+    }
+
+    /// The wrapped conv.
+    pub fn conv(&self) -> &Conv3d {
+        &self.conv
+    }
+
+    /// Channels-last forward: `x` `(B, T, H, W, C_in)`, `cache` `(B, T_c, H, W, C_in)` frames
+    /// that precede `x` (used only when the conv pads time, as in the reference).
+    ///
+    /// Returns `(B, T', H', W', C_out)`.
+    pub fn forward_cl(&self, x: &Tensor, cache: Option<&Tensor>) -> Result<Tensor> {
+        let (pt, ph, pw) = self.conv.padding;
+        let mut front = 2 * pt;
+        let mut parts = vec![x];
+        if let Some(cache) = cache.filter(|_| pt > 0) {
+            let tc = cache.dim(1)?;
+            front = front.saturating_sub(tc);
+            parts.insert(0, cache);
+        }
+        let pad = Padding3d {
+            t: (front, 0),
+            h: (ph, ph),
+            w: (pw, pw),
+        };
+        self.conv.forward_cl_padded(&parts, pad)
+    }
+
+    /// PyTorch-layout forward: `x` `(B, C_in, T, H, W)`, `cache` `(B, C_in, T_c, H, W)`.
+    ///
+    /// Returns `(B, C_out, T', H', W')`.
+    pub fn forward(&self, x: &Tensor, cache: Option<&Tensor>) -> Result<Tensor> {
+        let to_cl = |t: &Tensor| t.permute((0, 2, 3, 4, 1))?.contiguous();
+        let cache = cache.map(to_cl).transpose()?;
+        let y = self.forward_cl(&to_cl(x)?, cache.as_ref())?;
+        y.permute((0, 4, 1, 2, 3))?.contiguous()
+    }
+}
+
+/// The frames a causal conv keeps after seeing chunk `x` `(B, T, H, W, C)`: the last
+/// [`CACHE_T`] frames of everything seen so far (with one-frame chunks, the previous cache's
+/// last frame comes first). Copied, so the chunk can be freed.
+pub fn next_cache(x: &Tensor, prev: Option<&Tensor>) -> Result<Tensor> {
+    let t = x.dim(1)?;
+    let tail = x.narrow(1, t.saturating_sub(CACHE_T), t.min(CACHE_T))?;
+    match prev {
+        Some(prev) if t < CACHE_T => {
+            let tp = prev.dim(1)?;
+            Tensor::cat(&[&prev.narrow(1, tp - 1, 1)?, &tail], 1)
+        }
+        _ => tail.contiguous(),
+    }
+}
+
+impl Module for Conv3d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Conv3d::forward(self, x)
+    }
+}
+
+/// A direct, loop-based conv3d on `(B, C_in, T, H, W)` for tests: obviously right, slow.
+pub fn conv3d_naive(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: (usize, usize, usize),
+    pad: Padding3d,
+) -> Result<Tensor> {
+    let (b, c_in, t, h, w) = x.dims5()?;
+    let (c_out, _, kt, kh, kw) = weight.dims5()?;
+    let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let ws = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let bs = match bias {
+        Some(b) => b.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+        None => vec![0.0; c_out],
+    };
+    let (tp, hp, wp) = (t + pad.t.0 + pad.t.1, h + pad.h.0 + pad.h.1, w + pad.w.0 + pad.w.1);
+    let (to, ho, wo) = ((tp - kt) / stride.0 + 1, (hp - kh) / stride.1 + 1, (wp - kw) / stride.2 + 1);
+    let at = |bi: usize, ci: usize, ti: isize, yi: isize, xi: isize| -> f32 {
+        if ti < 0 || yi < 0 || xi < 0 || ti >= t as isize || yi >= h as isize || xi >= w as isize {
+            return 0.0;
+        }
+        xs[(((bi * c_in + ci) * t + ti as usize) * h + yi as usize) * w + xi as usize]
+    };
+    let mut out = vec![0f32; b * c_out * to * ho * wo];
+    for bi in 0..b {
+        for co in 0..c_out {
+            for ot in 0..to {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let mut acc = bs[co] as f64;
+                        for ci in 0..c_in {
+                            for dt in 0..kt {
+                                for dy in 0..kh {
+                                    for dx in 0..kw {
+                                        let ti = (ot * stride.0 + dt) as isize - pad.t.0 as isize;
+                                        let yi = (oy * stride.1 + dy) as isize - pad.h.0 as isize;
+                                        let xi = (ox * stride.2 + dx) as isize - pad.w.0 as isize;
+                                        let wv = ws[(((co * c_in + ci) * kt + dt) * kh + dy) * kw + dx];
+                                        acc += (wv * at(bi, ci, ti, yi, xi)) as f64;
+                                    }
+                                }
+                            }
+                        }
+                        out[(((bi * c_out + co) * to + ot) * ho + oy) * wo + ox] = acc as f32;
+                    }
+                }
+            }
+        }
+    }
+    Tensor::from_vec(out, (b, c_out, to, ho, wo), &Device::Cpu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::D;
+
+    fn rand(shape: &[usize], seed: u64) -> Result<Tensor> {
+        // a small LCG keeps the test independent of candle's RNG
+        let n: usize = shape.iter().product();
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        assert_eq!(a.dims(), b.dims());
+        (a - b)?.abs()?.flatten_all()?.max(D::Minus1)?.to_scalar::<f32>()
+    }
+
+    #[test]
+    fn conv3d_matches_naive_loop() -> Result<()> {
+        let cases = [
+            // (C_in, C_out, kernel, stride, padding, (T, H, W))
+            (3, 5, (3, 3, 3), (1, 1, 1), (1, 1, 1), (4, 6, 7)),
+            (4, 2, (3, 3, 3), (1, 1, 1), (0, 0, 0), (3, 5, 5)),
+            (2, 3, (1, 1, 1), (1, 1, 1), (0, 0, 0), (2, 3, 4)),
+            (3, 4, (3, 1, 1), (2, 1, 1), (0, 0, 0), (5, 3, 3)),
+            (3, 4, (1, 3, 3), (1, 2, 2), (0, 1, 1), (2, 7, 6)),
+            (2, 3, (2, 3, 2), (1, 2, 3), (1, 0, 2), (3, 8, 9)),
+        ];
+        for (i, (c_in, c_out, k, s, p, (t, h, w))) in cases.into_iter().enumerate() {
+            let x = rand(&[2, c_in, t, h, w], i as u64)?;
+            let wt = rand(&[c_out, c_in, k.0, k.1, k.2], 100 + i as u64)?;
+            let b = rand(&[c_out], 200 + i as u64)?;
+            let conv = Conv3d::new(wt.clone(), Some(b.clone()), s, p)?;
+            let got = conv.forward(&x)?;
+            let want = conv3d_naive(&x, &wt, Some(&b), s, Padding3d::symmetric(p))?;
+            let d = max_diff(&got, &want)?;
+            assert!(d <= 1e-5, "case {i}: max abs diff {d}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn im2col_bands_do_not_change_the_result() -> Result<()> {
+        // a frame big enough to need several bands of output rows
+        let (c, t, h, w) = (32, 3, 96, 120);
+        assert!(t * 9 * c * (w + 2) * h > IM2COL_BUDGET);
+        let x = rand(&[1, c, t, h, w], 7)?;
+        let wt = rand(&[4, c, 3, 3, 3], 8)?;
+        let conv = Conv3d::new(wt.clone(), None, (1, 1, 1), (1, 1, 1))?;
+        let got = conv.forward(&x)?;
+        let want = conv3d_naive(&x, &wt, None, (1, 1, 1), Padding3d::symmetric((1, 1, 1)))?;
+        assert!(max_diff(&got, &want)? <= 1e-4);
+        Ok(())
+    }
+
+    #[test]
+    fn causal_conv_pads_only_the_past() -> Result<()> {
+        let x = rand(&[1, 3, 4, 5, 6], 11)?;
+        let wt = rand(&[2, 3, 3, 3, 3], 12)?;
+        let b = rand(&[2], 13)?;
+        let conv = CausalConv3d::new(Conv3d::new(wt.clone(), Some(b.clone()), (1, 1, 1), (1, 1, 1))?);
+        let got = conv.forward(&x, None)?;
+        let pad = Padding3d {
+            t: (2, 0),
+            h: (1, 1),
+            w: (1, 1),
+        };
+        let want = conv3d_naive(&x, &wt, Some(&b), (1, 1, 1), pad)?;
+        assert_eq!(got.dims(), &[1, 2, 4, 5, 6]);
+        assert!(max_diff(&got, &want)? <= 1e-5);
+        Ok(())
+    }
+
+    #[test]
+    fn chunked_with_cache_equals_whole_video() -> Result<()> {
+        // chunks of 1, 4, 1, 1, 2 frames, as the VAE feeds them
+        let x = rand(&[2, 9, 3, 4, 4], 21)?; // (B, T, H, W, C) channels-last
+        let wt = rand(&[5, 4, 3, 3, 3], 22)?;
+        let conv = CausalConv3d::new(Conv3d::new(wt, None, (1, 1, 1), (1, 1, 1))?);
+        let whole = conv.forward_cl(&x, None)?;
+        let mut cache: Option<Tensor> = None;
+        let mut outs = Vec::new();
+        let mut t0 = 0;
+        for n in [1, 4, 1, 1, 2] {
+            let chunk = x.narrow(1, t0, n)?;
+            outs.push(conv.forward_cl(&chunk, cache.as_ref())?);
+            cache = Some(next_cache(&chunk, cache.as_ref())?);
+            t0 += n;
+        }
+        let chunked = Tensor::cat(&outs, 1)?;
+        assert!(max_diff(&chunked, &whole)? <= 1e-5);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_input_channels_are_an_error() -> Result<()> {
+        let conv = Conv3d::new(rand(&[2, 3, 1, 1, 1], 1)?, None, (1, 1, 1), (0, 0, 0))?;
+        let err = conv.forward(&rand(&[1, 4, 1, 2, 2], 2)?).unwrap_err().to_string();
+        assert!(err.contains("(B, T, H, W, C)"), "{err}");
+        Ok(())
+    }
+}

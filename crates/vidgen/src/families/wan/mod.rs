@@ -5,3 +5,5 @@ pub mod init;
 pub mod presets;
 pub mod transformer;
 pub mod vae;
+mod vae_blocks;
+mod vae_tiling;

@@ -1,0 +1,115 @@
+//! Times the Wan VAE decoder (and, with `conv`, the conv3d strategies) on the CPU.
+//!
+//! `cargo run --release -p vidgen --example vae_decode_bench -- decode [frames height width]`
+//! decodes a `(1, 16, T, H/8, W/8)` latent with the real Wan2.1 VAE sizes and random weights;
+//! `... -- conv` compares ways of computing a causal 3x3x3 conv at decoder sizes.
+//! Run under `/usr/bin/time -v` for the peak RSS.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Result, Tensor};
+use vidgen::nn::conv3d::Conv3d;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("conv") => bench_convs(),
+        _ => {
+            let num = |i: usize, d: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
+            bench_decode(num(1, 17), num(2, 256), num(3, 256))
+        }
+    }
+}
+
+/// Best of `n` runs of `f`, in seconds.
+fn best_of(n: usize, mut f: impl FnMut() -> Result<Tensor>) -> Result<f64> {
+    let mut best = f64::MAX;
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let y = f()?;
+        drop(y);
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+/// Conv strategies for one chunk: `t_out` output frames from `t_out + 2` input frames
+/// (the two cached frames in front), `c` channels in and out, 3x3x3 kernel.
+fn bench_convs() -> Result<()> {
+    let dev = Device::Cpu;
+    println!("shape                      | conv2d/tap | conv2d(3C) | im2col+mm  | matmul only | GFLOP");
+    for &(c, h, t_out) in &[
+        (384, 32, 1),
+        (384, 64, 1),
+        (384, 64, 2),
+        (192, 128, 1),
+        (192, 128, 4),
+        (96, 256, 1),
+        (96, 256, 4),
+    ] {
+        let w = h;
+        let t_in = t_out + 2;
+        let weight = (Tensor::randn(0f32, 1.0, (c, c, 3, 3, 3), &dev)? * 0.02)?;
+        let bias = Tensor::zeros(c, DType::F32, &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (1, c, t_in, h, w), &dev)?;
+        let gflop = 2.0 * (c * c * 27 * h * w * t_out) as f64 / 1e9;
+
+        // (a) candle conv2d per temporal tap on the frames as a batch, summed
+        let frames = x.squeeze(0)?.permute((1, 0, 2, 3))?.contiguous()?; // t c h w
+        let taps: Vec<Tensor> = (0..3)
+            .map(|dt| weight.narrow(2, dt, 1)?.squeeze(2)?.contiguous())
+            .collect::<Result<_>>()?;
+        let per_tap = best_of(2, || {
+            let mut acc: Option<Tensor> = None;
+            for (dt, k) in taps.iter().enumerate() {
+                let y = frames.narrow(0, dt, t_out)?.conv2d(k, 1, 1, 1, 1)?;
+                acc = Some(match acc {
+                    Some(a) => (a + y)?,
+                    None => y,
+                });
+            }
+            acc.unwrap().broadcast_add(&bias.reshape((1, c, 1, 1))?)
+        })?;
+
+        // (b) candle conv2d with the three frames stacked as 3C input channels
+        // (C_out, C_in, kt, kh, kw) -> (C_out, kt C_in, kh, kw)
+        let k3 = weight.permute((0, 2, 1, 3, 4))?.contiguous()?.reshape((c, 3 * c, 3, 3))?;
+        let stacked = best_of(2, || {
+            let outs = (0..t_out)
+                .map(|t| {
+                    let xs = frames.narrow(0, t, 3)?.reshape((1, 3 * c, h, w))?;
+                    xs.conv2d(&k3, 1, 1, 1, 1)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&outs, 0)
+        })?;
+
+        // (c) vidgen's channels-last im2col + matmul (the layout the VAE keeps)
+        let conv = Conv3d::new(weight.clone(), Some(bias.clone()), (1, 1, 1), (0, 1, 1))?;
+        let x_cl = x.permute((0, 2, 3, 4, 1))?.contiguous()?;
+        let mine = best_of(2, || conv.forward_cl(&x_cl))?;
+
+        // (d) the bare matmul with the same FLOPs, as a ceiling
+        let a = Tensor::randn(0f32, 1.0, (h * w, 27 * c), &dev)?;
+        let bm = Tensor::randn(0f32, 1.0, (27 * c, c), &dev)?;
+        let mm = best_of(2, || {
+            let outs = (0..t_out).map(|_| a.matmul(&bm)).collect::<Result<Vec<_>>>()?;
+            Ok(outs.into_iter().next().unwrap())
+        })?;
+        println!(
+            "C={c:3} {h:3}x{w:<3} T_out={t_out}        | {:7.1} ms | {:7.1} ms | {:7.1} ms | {:7.1} ms  | {gflop:.1} ({:.0} GFLOP/s mine)",
+            per_tap * 1e3,
+            stacked * 1e3,
+            mine * 1e3,
+            mm * 1e3,
+            gflop / mine
+        );
+    }
+    Ok(())
+}
+
+/// Decodes a random latent with the real Wan2.1 VAE sizes and random weights.
+fn bench_decode(frames: usize, height: usize, width: usize) -> Result<()> {
+    let _ = (frames, height, width);
+    candle_core::bail!("decode bench: the VAE is not written yet")
+}
