@@ -81,7 +81,7 @@ pub fn describe(path: &Path) -> Result<ModelInfo> {
     let e = Umt5Config::from_file(dir.join("text_encoder/config.json"))?;
     let tokenizer = PromptTokenizer::from_file(dir.join("tokenizer/tokenizer.json"))?;
     let scheduler = class_name(&dir.join("scheduler/scheduler_config.json"))?;
-    let (tf, sf) = v.scale_factors();
+    let (tf, sf) = crate::pipeline::vae_scale_factors(&v);
     let defaults_path = dir.join("vidgen.json");
     let defaults = if defaults_path.is_file() {
         read_json(&defaults_path)?

@@ -16,7 +16,7 @@ use crate::checkpoint::{class_name, read_json, resolve_model_dir, Weights};
 use crate::families::wan::config::{WanPipelineIndex, WanTransformerConfig};
 use crate::families::wan::transformer::WanTransformer3D;
 use crate::families::wan::vae::{AutoencoderKlWan, AutoencoderKlWanConfig};
-use crate::scheduler::{self, Scheduler};
+use crate::scheduler;
 use crate::text::{encode_prompts, PromptTokenizer, Umt5Config, Umt5EncoderModel};
 use crate::{Error, Result};
 
@@ -179,7 +179,7 @@ impl WanPipeline {
             .validate()
             .map_err(|r| config_error("transformer", r))?;
         let vae_cfg: AutoencoderKlWanConfig = read_config(&dir, "vae", "AutoencoderKLWan")?;
-        vae_cfg.validate().map_err(|r| config_error("vae", r))?;
+        vae_cfg.check()?;
         let text_cfg = Umt5Config::from_file(dir.join("text_encoder").join("config.json"))?;
         if text_cfg.d_model != transformer_cfg.text_dim {
             return Err(config_error(
@@ -249,7 +249,7 @@ impl WanPipeline {
 
     /// `(temporal, spatial)` compression of the VAE.
     pub fn vae_scale_factors(&self) -> (usize, usize) {
-        self.vae_cfg.scale_factors()
+        vae_scale_factors(&self.vae_cfg)
     }
 
     /// Fills in defaults and checks every size and setting before any heavy work.
@@ -450,7 +450,7 @@ impl WanPipeline {
                 self.build("vae", |vb| AutoencoderKlWan::new(&cfg, vb))?
             }
         };
-        let z = self.vae_cfg.denormalize_latents(&latents.to_dtype(vae.dtype())?)?;
+        let z = vae.denormalize_latents(&latents.to_dtype(self.opts.dtype)?)?;
         let total = latents.dim(2)?;
         let video = vae.decode_with_progress(&z, &mut |done, _| {
             progress(Progress {
@@ -503,6 +503,13 @@ impl WanPipeline {
         }
         Ok(model)
     }
+}
+
+/// `(temporal, spatial)` compression of a Wan VAE, from its architecture: 2 per temporal
+/// downsampling stage, 2 per spatial stage.
+pub fn vae_scale_factors(cfg: &AutoencoderKlWanConfig) -> (usize, usize) {
+    let temporal_stages = cfg.temperal_downsample.iter().filter(|&&d| d).count();
+    (1 << temporal_stages, cfg.spatial_compression())
 }
 
 /// Reads `DIR/component/config.json`, checking its `_class_name`.

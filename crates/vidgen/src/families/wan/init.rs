@@ -141,7 +141,7 @@ pub fn random_weights(
 ) -> Result<VarMap> {
     let varmap = VarMap::new();
     build(VarBuilder::from_varmap(&varmap, dtype, &Device::Cpu))?;
-    let mut vars: Vec<(String, candle_nn::Var)> = varmap
+    let mut vars: Vec<(String, candle_core::Var)> = varmap
         .data()
         .lock()
         .expect("varmap lock")
