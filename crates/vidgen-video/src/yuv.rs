@@ -101,11 +101,18 @@ fn code(value: f32) -> u8 {
     value.round().clamp(0.0, 255.0) as u8
 }
 
-/// Converts one `(H, W, 3)` frame to I420 at the even size `(H + H % 2, W + W % 2)`; an odd
-/// last row or column is repeated to fill the padding.
-pub(crate) fn rgb_to_i420(frame: &[f32], height: usize, width: usize, matrix: ColorMatrix) -> I420 {
+/// Converts one `(H, W, 3)` frame to I420 of the even size `coded = (H', W')` ≥ `(H, W)`; the
+/// last row and column are repeated to fill the padding.
+pub(crate) fn rgb_to_i420(
+    frame: &[f32],
+    height: usize,
+    width: usize,
+    coded: (usize, usize),
+    matrix: ColorMatrix,
+) -> I420 {
     debug_assert_eq!(frame.len(), height * width * 3);
-    let (even_h, even_w) = (height + height % 2, width + width % 2);
+    let (even_h, even_w) = coded;
+    debug_assert!(even_h >= height && even_w >= width && even_h % 2 == 0 && even_w % 2 == 0);
     let (kr, kb) = (matrix.kr, matrix.kb);
     let kg = 1.0 - kr - kb;
     let (y_scale, y_offset, c_scale) = matrix.ranges();
@@ -232,7 +239,7 @@ mod tests {
         ] {
             let (height, width) = (32, 48);
             let frame = picture(height, width);
-            let yuv = rgb_to_i420(&frame, height, width, matrix);
+            let yuv = rgb_to_i420(&frame, height, width, (height, width), matrix);
             let mut back = vec![0.0; frame.len()];
             i420_to_rgb(&yuv, matrix, &mut back);
             let error = mean_abs_error(&frame, &back);
@@ -245,20 +252,20 @@ mod tests {
         // BT.709 limited: black (16, 128, 128), white (235, 128, 128),
         // red Y' = 16 + 219 * 0.2126 = 62.56 -> 63, Cr = 128 + 224 * 0.5 = 240.
         let red = [1.0f32, 0.0, 0.0].repeat(4);
-        let yuv = rgb_to_i420(&red, 2, 2, ColorMatrix::BT709);
+        let yuv = rgb_to_i420(&red, 2, 2, (2, 2), ColorMatrix::BT709);
         assert_eq!((yuv.y[0], yuv.u[0], yuv.v[0]), (63, 102, 240));
         let white = [1.0f32; 12];
-        let yuv = rgb_to_i420(&white, 2, 2, ColorMatrix::BT709);
+        let yuv = rgb_to_i420(&white, 2, 2, (2, 2), ColorMatrix::BT709);
         assert_eq!((yuv.y[0], yuv.u[0], yuv.v[0]), (235, 128, 128));
         let black = [0.0f32; 12];
-        let yuv = rgb_to_i420(&black, 2, 2, ColorMatrix::BT709);
+        let yuv = rgb_to_i420(&black, 2, 2, (2, 2), ColorMatrix::BT709);
         assert_eq!((yuv.y[0], yuv.u[0], yuv.v[0]), (16, 128, 128));
     }
 
     #[test]
     fn odd_sizes_pad_by_repeating_the_edge() {
         let frame = picture(3, 5);
-        let yuv = rgb_to_i420(&frame, 3, 5, ColorMatrix::BT709);
+        let yuv = rgb_to_i420(&frame, 3, 5, (4, 6), ColorMatrix::BT709);
         assert_eq!((yuv.height, yuv.width), (4, 6));
         assert_eq!((yuv.y.len(), yuv.u.len()), (24, 6));
         for row in 0..4 {
