@@ -22,13 +22,11 @@ mod gif;
 mod h264;
 mod mp4;
 mod png;
-mod tensors;
 mod yuv;
 
 use std::path::{Path, PathBuf};
 
-pub use frames::Frames;
-pub use tensors::{read_frames_safetensors, write_frames_safetensors};
+pub use frames::{read_frames_safetensors, write_frames_safetensors, Frames};
 
 /// Extensions that [`write`] accepts (compared case-insensitively).
 pub const EXTENSIONS: [&str; 3] = ["mp4", "gif", "png"];
