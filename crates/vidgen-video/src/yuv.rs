@@ -187,7 +187,7 @@ pub(crate) fn i420_to_rgb(source: &impl YUVSource, matrix: ColorMatrix, out: &mu
         (near, far)
     };
     // Horizontally, luma column i sits at chroma column i/2: on a sample, or halfway.
-    let cols = |i: usize| -> (usize, usize) { (i / 2, ((i + 1) / 2).min(chroma_w - 1)) };
+    let cols = |i: usize| -> (usize, usize) { (i / 2, i.div_ceil(2).min(chroma_w - 1)) };
     let mut pb_row = vec![0.0f32; chroma_w];
     let mut pr_row = vec![0.0f32; chroma_w];
     for row in 0..height {
