@@ -88,43 +88,11 @@ pub(crate) fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
-/// True for the names this crate gives frames in a folder: `<digits>.png`.
-pub(crate) fn is_numbered_png(name: &str) -> bool {
-    name.strip_suffix(".png")
-        .is_some_and(|stem| !stem.is_empty() && stem.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// Fails unless `path` is absent or a folder of numbered pngs (an earlier output).
-fn check_replaceable(path: &Path) -> Result<()> {
-    let Ok(metadata) = fs::symlink_metadata(path) else {
-        return Ok(());
-    };
-    if !metadata.is_dir() {
-        return Err(Error::FolderInUse {
-            path: path.to_path_buf(),
-            found: "a file where the frames folder goes".into(),
-        });
-    }
-    for entry in fs::read_dir(path).map_err(io_error(path))? {
-        let entry = entry.map_err(io_error(path))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let is_file = entry.file_type().map_err(io_error(path))?.is_file();
-        if !(is_file && is_numbered_png(&name)) {
-            return Err(Error::FolderInUse {
-                path: path.to_path_buf(),
-                found: name,
-            });
-        }
-    }
-    Ok(())
-}
-
 /// Builds the folder `path` with `fill` (which gets a temporary folder next to it) and swaps
-/// it into place. An earlier folder at `path` is replaced only if it holds nothing but
-/// numbered pngs, so stale frames from a longer earlier video never linger.
+/// it into place, replacing any earlier folder at `path` whole (the caller decides whether
+/// that folder may go).
 pub(crate) fn write_dir(path: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     check_parent(path)?;
-    check_replaceable(path)?;
     let prefix = temp_prefix(path)?;
     let temp = temp_builder(&prefix, 0o777)
         .tempdir_in(parent_of(path))
@@ -162,16 +130,6 @@ pub(crate) fn write_dir(path: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn numbered_png_names() {
-        assert!(is_numbered_png("00000.png"));
-        assert!(is_numbered_png("123456.png"));
-        assert!(!is_numbered_png(".png"));
-        assert!(!is_numbered_png("a1.png"));
-        assert!(!is_numbered_png("00001.PNG"));
-        assert!(!is_numbered_png("notes.txt"));
-    }
 
     #[test]
     fn failed_fill_leaves_nothing() {

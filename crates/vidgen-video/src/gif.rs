@@ -3,7 +3,8 @@
 //! * Palette: when the clip has at most 255 distinct colours they are the palette and the
 //!   gif is lossless; otherwise NeuQuant learns 255 colours from up to 2^20 pixels sampled
 //!   across all frames. One palette (not one per frame) keeps still regions from flickering.
-//! * Floyd–Steinberg error diffusion hides the banding 255 colours leave on gradients.
+//! * Floyd–Steinberg error diffusion hides the banding 255 colours leave on gradients; frames
+//!   are dithered in parallel.
 //! * Index 255 is transparent: a pixel whose index equals the previous frame's is written
 //!   transparent over the kept previous frame, which is exact and compresses well.
 //! * Delays are whole centiseconds, rounded from the ideal timestamps so that the total
@@ -95,6 +96,10 @@ fn indices(frame: &[u8], height: usize, width: usize, palette: &Palette, table: 
         Palette::Learned(quantizer) => quantizer,
     };
     let mut out = Vec::with_capacity(height * width);
+    // Nearest palette entry per 6-bit-per-channel cell, found once at the cell's centre: the
+    // search is the slow part, and any miss by a shade is carried on by the diffusion.
+    const EMPTY: u16 = u16::MAX;
+    let mut nearest = vec![EMPTY; 1 << 18];
     // Error carried into this row and the next, one pixel of margin on each side.
     let mut this_row = vec![[0.0f32; 3]; width + 2];
     let mut next_row = vec![[0.0f32; 3]; width + 2];
@@ -104,7 +109,13 @@ fn indices(frame: &[u8], height: usize, width: usize, palette: &Palette, table: 
             let want: [f32; 3] = std::array::from_fn(|c| {
                 (f32::from(frame[i + c]) + this_row[col + 1][c]).clamp(0.0, 255.0)
             });
-            let index = quantizer.index_of(&[want[0] as u8, want[1] as u8, want[2] as u8, 255]);
+            let [r, g, b] = want.map(|v| v as u8 >> 2);
+            let cell = usize::from(r) << 12 | usize::from(g) << 6 | usize::from(b);
+            if nearest[cell] == EMPTY {
+                let centre = [r, g, b, 0].map(|v| (v << 2) | 2);
+                nearest[cell] = quantizer.index_of(&[centre[0], centre[1], centre[2], 255]) as u16;
+            }
+            let index = usize::from(nearest[cell]);
             out.push(index as u8);
             for c in 0..3 {
                 let error = want[c] - f32::from(table[index * 3 + c]);
@@ -118,6 +129,26 @@ fn indices(frame: &[u8], height: usize, width: usize, palette: &Palette, table: 
         next_row.iter_mut().for_each(|e| *e = [0.0; 3]);
     }
     out
+}
+
+/// `[f(0), f(1), …, f(count - 1)]`, computed on all cores in contiguous runs.
+fn parallel_map<T: Send>(count: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let run = count.div_ceil(threads).max(1);
+    let mut out: Vec<Option<T>> = (0..count).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        for (chunk_index, chunk) in out.chunks_mut(run).enumerate() {
+            let f = &f;
+            scope.spawn(move || {
+                for (offset, slot) in chunk.iter_mut().enumerate() {
+                    *slot = Some(f(chunk_index * run + offset));
+                }
+            });
+        }
+    });
+    out.into_iter()
+        .map(|v| v.expect("every slot is filled"))
+        .collect()
 }
 
 /// Per-frame delays in centiseconds whose running sum tracks `i / fps` (at least 2 cs each).
@@ -141,16 +172,19 @@ pub(crate) fn write_gif(path: &Path, frames: &Frames) -> Result<()> {
     let palette = Palette::for_pixels(&rgb);
     let table = palette.table();
     let delays = delays(frames.frames, frames.fps);
+    // Dithering is the slow part (a palette search per pixel) and frames are independent.
+    let frame_indices = parallel_map(frames.frames, |index| {
+        let frame_rgb = &rgb[index * frames.frame_len()..][..frames.frame_len()];
+        indices(frame_rgb, height, width, &palette, &table)
+    });
     let gif_error = |e: ::gif::EncodingError| encode_error(path, e);
 
     atomic::write_file(path, |writer| {
         let mut encoder = Encoder::new(writer, w16, h16, &table).map_err(gif_error)?;
         encoder.set_repeat(Repeat::Infinite).map_err(gif_error)?;
-        let mut previous: Option<Vec<u8>> = None;
-        for (index, &delay) in delays.iter().enumerate() {
-            let frame_rgb = &rgb[index * frames.frame_len()..][..frames.frame_len()];
-            let current = indices(frame_rgb, height, width, &palette, &table);
-            let (buffer, transparent) = match &previous {
+        let mut previous: Option<&Vec<u8>> = None;
+        for (current, &delay) in frame_indices.iter().zip(&delays) {
+            let (buffer, transparent) = match previous {
                 Some(previous) => {
                     let buffer = current
                         .iter()

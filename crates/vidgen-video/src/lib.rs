@@ -22,13 +22,11 @@ mod gif;
 mod h264;
 mod mp4;
 mod png;
-mod tensors;
 mod yuv;
 
 use std::path::{Path, PathBuf};
 
-pub use frames::Frames;
-pub use tensors::{read_frames_safetensors, write_frames_safetensors};
+pub use frames::{read_frames_safetensors, write_frames_safetensors, Frames};
 
 /// Extensions that [`write`] accepts (compared case-insensitively).
 pub const EXTENSIONS: [&str; 3] = ["mp4", "gif", "png"];
@@ -130,8 +128,9 @@ fn format_of(path: &Path) -> Result<Format> {
 ///
 /// * `.mp4` — H.264 (yuv420p, BT.709 limited range, signalled in the stream) in an mp4 with
 ///   the `moov` box before `mdat`. The bitrate follows the size: 0.3 bits per pixel per
-///   frame, at least 1 Mbit/s. H.264 4:2:0 needs even sizes: an odd height or width is padded
-///   by repeating the last row or column, so the file is one pixel taller or wider.
+///   frame, at least 1 Mbit/s. H.264 4:2:0 needs even sizes, and openh264 at least 16×16: an
+///   odd height or width is padded by repeating the last row or column (the file is one pixel
+///   taller or wider), and so is a side under 16 pixels, up to 16.
 /// * `.gif` — looping; one palette for the whole clip, dithered. Frame delays are whole
 ///   centiseconds, rounded so that the total duration stays right.
 /// * `.png` — `NAME.png` holds the first frame (a poster) and the folder `NAME/` next to it

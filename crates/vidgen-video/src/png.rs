@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{ExtendedColorType, ImageEncoder, ImageReader};
 
-use crate::atomic::{self, is_numbered_png};
-use crate::{decode_error, encode_error, io_error, Frames, Result, DEFAULT_FPS};
+use crate::atomic;
+use crate::{decode_error, encode_error, io_error, Error, Frames, Result, DEFAULT_FPS};
 
 /// Encodes one `(H, W, 3)` 8-bit frame as png into `writer`.
 fn encode_png(
@@ -31,6 +31,37 @@ pub(crate) fn frames_folder(path: &Path) -> PathBuf {
     path.with_extension("")
 }
 
+/// True for the names this crate gives frames in a folder: `<digits>.png`.
+fn is_numbered_png(name: &str) -> bool {
+    name.strip_suffix(".png")
+        .is_some_and(|stem| !stem.is_empty() && stem.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Fails unless `path` is absent or a folder of numbered pngs (an earlier output).
+fn check_replaceable(path: &Path) -> Result<()> {
+    let Ok(metadata) = fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !metadata.is_dir() {
+        return Err(Error::FolderInUse {
+            path: path.to_path_buf(),
+            found: "a file where the frames folder goes".into(),
+        });
+    }
+    for entry in fs::read_dir(path).map_err(io_error(path))? {
+        let entry = entry.map_err(io_error(path))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_file = entry.file_type().map_err(io_error(path))?.is_file();
+        if !(is_file && is_numbered_png(&name)) {
+            return Err(Error::FolderInUse {
+                path: path.to_path_buf(),
+                found: name,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Writes `NAME.png` (frame 0) and `NAME/00000.png, …` (see [`crate::write`]).
 pub(crate) fn write_png(path: &Path, frames: &Frames) -> Result<()> {
     let (height, width) = (frames.height, frames.width);
@@ -41,6 +72,9 @@ pub(crate) fn write_png(path: &Path, frames: &Frames) -> Result<()> {
         ));
     }
     let folder = frames_folder(path);
+    // Only an earlier output may be replaced, so stale frames of a longer video never linger
+    // and nobody's own folder is lost.
+    check_replaceable(&folder)?;
     atomic::write_dir(&folder, |temp| {
         for index in 0..frames.frames {
             let file_path = temp.join(format!("{index:05}.png"));
@@ -114,4 +148,19 @@ pub(crate) fn read_png_folder(folder: &Path) -> Result<Frames> {
     }
     Frames::new(numbered.len(), height, width, DEFAULT_FPS, data)
         .map_err(|e| decode_error(folder, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_png_names() {
+        assert!(is_numbered_png("00000.png"));
+        assert!(is_numbered_png("123456.png"));
+        assert!(!is_numbered_png(".png"));
+        assert!(!is_numbered_png("a1.png"));
+        assert!(!is_numbered_png("00001.PNG"));
+        assert!(!is_numbered_png("notes.txt"));
+    }
 }

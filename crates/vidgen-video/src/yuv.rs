@@ -1,9 +1,13 @@
 //! RGB ⇄ Y'CbCr 4:2:0 (I420), the pixel format H.264 carries.
 //!
 //! Pixels are gamma-encoded R'G'B' in [0, 1], as the pipeline and every image file hold them;
-//! the matrix applies to those values directly, as in every video tool. Chroma is sampled at
-//! the centre of each 2×2 block: the encoder averages the block, the decoder interpolates
-//! bilinearly (weights 9/16, 3/16, 3/16, 1/16 from the four nearest chroma samples).
+//! the matrix applies to those values directly, as in every video tool.
+//!
+//! Chroma sits where H.264 puts it when the stream says nothing (chroma_sample_loc_type 0, as
+//! in MPEG-2, x264 and ffmpeg): horizontally on the even luma columns, vertically between the
+//! two luma rows. So the encoder filters each chroma sample from columns 2k-1, 2k, 2k+1
+//! (weights 1/4, 1/2, 1/4) of rows 2j and 2j+1, and the decoder interpolates linearly
+//! between chroma samples at those positions.
 
 use openh264::formats::YUVSource;
 
@@ -101,11 +105,18 @@ fn code(value: f32) -> u8 {
     value.round().clamp(0.0, 255.0) as u8
 }
 
-/// Converts one `(H, W, 3)` frame to I420 at the even size `(H + H % 2, W + W % 2)`; an odd
-/// last row or column is repeated to fill the padding.
-pub(crate) fn rgb_to_i420(frame: &[f32], height: usize, width: usize, matrix: ColorMatrix) -> I420 {
+/// Converts one `(H, W, 3)` frame to I420 of the even size `coded = (H', W')` ≥ `(H, W)`; the
+/// last row and column are repeated to fill the padding.
+pub(crate) fn rgb_to_i420(
+    frame: &[f32],
+    height: usize,
+    width: usize,
+    coded: (usize, usize),
+    matrix: ColorMatrix,
+) -> I420 {
     debug_assert_eq!(frame.len(), height * width * 3);
-    let (even_h, even_w) = (height + height % 2, width + width % 2);
+    let (even_h, even_w) = coded;
+    debug_assert!(even_h >= height && even_w >= width && even_h % 2 == 0 && even_w % 2 == 0);
     let (kr, kb) = (matrix.kr, matrix.kb);
     let kg = 1.0 - kr - kb;
     let (y_scale, y_offset, c_scale) = matrix.ranges();
@@ -122,18 +133,21 @@ pub(crate) fn rgb_to_i420(frame: &[f32], height: usize, width: usize, matrix: Co
             y[row * even_w + col] = code(y_offset + y_scale * (kr * r + kg * g + kb * b));
         }
     }
-    // Chroma of the block mean: the conversion is linear, so this is the mean chroma.
+    // Chroma of the filtered RGB: the conversion is linear, so this is the filtered chroma.
     let (chroma_h, chroma_w) = (even_h / 2, even_w / 2);
     let mut u = vec![0u8; chroma_h * chroma_w];
     let mut v = vec![0u8; chroma_h * chroma_w];
     for row in 0..chroma_h {
         for col in 0..chroma_w {
             let mut sum = [0.0f32; 3];
-            for (dr, dc) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-                let p = rgb(2 * row + dr, 2 * col + dc);
-                (0..3).for_each(|c| sum[c] += p[c]);
+            for dr in 0..2 {
+                let taps = [(2 * col).saturating_sub(1), 2 * col, 2 * col + 1];
+                for (x, weight) in taps.into_iter().zip([0.125, 0.25, 0.125]) {
+                    let p = rgb(2 * row + dr, x);
+                    (0..3).for_each(|c| sum[c] += weight * p[c]);
+                }
             }
-            let [r, g, b] = sum.map(|s| s * 0.25);
+            let [r, g, b] = sum;
             let luma = kr * r + kg * g + kb * b;
             let pb = (b - luma) / (2.0 * (1.0 - kb));
             let pr = (r - luma) / (2.0 * (1.0 - kr));
@@ -162,22 +176,23 @@ pub(crate) fn i420_to_rgb(source: &impl YUVSource, matrix: ColorMatrix, out: &mu
     let (y_scale, y_offset, c_scale) = matrix.ranges();
     let (chroma_h, chroma_w) = (height.div_ceil(2), width.div_ceil(2));
 
-    // The two chroma rows (or columns) nearest a luma row (or column) and the weight of the
-    // nearer: luma i sits at chroma coordinate i/2 - 1/4.
-    let taps = |i: usize, n: usize| -> (usize, usize) {
+    // Vertically, luma row i sits at chroma row i/2 - 1/4: the nearer chroma row weighs 3/4.
+    let rows = |i: usize| -> (usize, usize) {
         let near = i / 2;
         let far = if i % 2 == 0 {
             near.saturating_sub(1)
         } else {
-            (near + 1).min(n - 1)
+            (near + 1).min(chroma_h - 1)
         };
         (near, far)
     };
+    // Horizontally, luma column i sits at chroma column i/2: on a sample, or halfway.
+    let cols = |i: usize| -> (usize, usize) { (i / 2, i.div_ceil(2).min(chroma_w - 1)) };
     let mut pb_row = vec![0.0f32; chroma_w];
     let mut pr_row = vec![0.0f32; chroma_w];
     for row in 0..height {
         // Vertical interpolation first, into one row of chroma.
-        let (near, far) = taps(row, chroma_h);
+        let (near, far) = rows(row);
         for col in 0..chroma_w {
             let chroma = |plane: &[u8], stride: usize| {
                 let a = f32::from(plane[near * stride + col]);
@@ -188,9 +203,9 @@ pub(crate) fn i420_to_rgb(source: &impl YUVSource, matrix: ColorMatrix, out: &mu
             pr_row[col] = chroma(planes_v, v_stride);
         }
         for col in 0..width {
-            let (near, far) = taps(col, chroma_w);
-            let pb = 0.75 * pb_row[near] + 0.25 * pb_row[far];
-            let pr = 0.75 * pr_row[near] + 0.25 * pr_row[far];
+            let (left, right) = cols(col);
+            let pb = 0.5 * (pb_row[left] + pb_row[right]);
+            let pr = 0.5 * (pr_row[left] + pr_row[right]);
             let luma = (f32::from(planes_y[row * y_stride + col]) - y_offset) / y_scale;
             let r = luma + 2.0 * (1.0 - kr) * pr;
             let b = luma + 2.0 * (1.0 - kb) * pb;
@@ -232,7 +247,7 @@ mod tests {
         ] {
             let (height, width) = (32, 48);
             let frame = picture(height, width);
-            let yuv = rgb_to_i420(&frame, height, width, matrix);
+            let yuv = rgb_to_i420(&frame, height, width, (height, width), matrix);
             let mut back = vec![0.0; frame.len()];
             i420_to_rgb(&yuv, matrix, &mut back);
             let error = mean_abs_error(&frame, &back);
@@ -245,20 +260,20 @@ mod tests {
         // BT.709 limited: black (16, 128, 128), white (235, 128, 128),
         // red Y' = 16 + 219 * 0.2126 = 62.56 -> 63, Cr = 128 + 224 * 0.5 = 240.
         let red = [1.0f32, 0.0, 0.0].repeat(4);
-        let yuv = rgb_to_i420(&red, 2, 2, ColorMatrix::BT709);
+        let yuv = rgb_to_i420(&red, 2, 2, (2, 2), ColorMatrix::BT709);
         assert_eq!((yuv.y[0], yuv.u[0], yuv.v[0]), (63, 102, 240));
         let white = [1.0f32; 12];
-        let yuv = rgb_to_i420(&white, 2, 2, ColorMatrix::BT709);
+        let yuv = rgb_to_i420(&white, 2, 2, (2, 2), ColorMatrix::BT709);
         assert_eq!((yuv.y[0], yuv.u[0], yuv.v[0]), (235, 128, 128));
         let black = [0.0f32; 12];
-        let yuv = rgb_to_i420(&black, 2, 2, ColorMatrix::BT709);
+        let yuv = rgb_to_i420(&black, 2, 2, (2, 2), ColorMatrix::BT709);
         assert_eq!((yuv.y[0], yuv.u[0], yuv.v[0]), (16, 128, 128));
     }
 
     #[test]
     fn odd_sizes_pad_by_repeating_the_edge() {
         let frame = picture(3, 5);
-        let yuv = rgb_to_i420(&frame, 3, 5, ColorMatrix::BT709);
+        let yuv = rgb_to_i420(&frame, 3, 5, (4, 6), ColorMatrix::BT709);
         assert_eq!((yuv.height, yuv.width), (4, 6));
         assert_eq!((yuv.y.len(), yuv.u.len()), (24, 6));
         for row in 0..4 {
