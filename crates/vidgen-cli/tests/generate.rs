@@ -110,7 +110,13 @@ fn fails(model: &Path, extra: &[&str], out_name: &str) -> String {
     let out = tmp.path().join(out_name);
     let mut args = vec!["generate", "a ball", "--model", model.to_str().unwrap()];
     args.extend_from_slice(extra);
-    args.extend_from_slice(&["--steps", "1", "-o", out.to_str().unwrap()]);
+    // A size this fixture can take, for every flag the case does not set itself.
+    for (flag, value) in [("--frames", "9"), ("--height", "32"), ("--width", "48"), ("--steps", "1")] {
+        if !extra.iter().any(|a| a.starts_with(flag)) {
+            args.extend_from_slice(&[flag, value]);
+        }
+    }
+    args.extend_from_slice(&["-o", out.to_str().unwrap()]);
     let o = vidgen(&args);
     let stderr = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(!o.status.success(), "expected failure for {extra:?}");
