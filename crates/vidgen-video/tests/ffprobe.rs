@@ -219,3 +219,37 @@ fn x264_high_profile_with_b_frames_reads_like_ffmpeg() {
     eprintln!("x264 stream vs ffmpeg's decode: mean abs error {error:.4}");
     assert!(error < 0.008, "mean abs error {error}");
 }
+
+#[test]
+fn idr_frames_every_five_seconds_are_marked_as_sync_samples() {
+    if !tools_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long.mp4");
+    write(&path, &moving_pattern(90, 32, 48, 16.0)).unwrap();
+    // Packet flags come from the mp4's sync-sample table, picture types from the stream.
+    let output = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
+        .args(["packet=flags:frame=pict_type", "-of", "csv"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    let keys: Vec<usize> = text
+        .lines()
+        .filter(|l| l.starts_with("packet,"))
+        .enumerate()
+        .filter(|(_, l)| l.contains('K'))
+        .map(|(i, _)| i)
+        .collect();
+    let intra: Vec<usize> = text
+        .lines()
+        .filter(|l| l.starts_with("frame,"))
+        .enumerate()
+        .filter(|(_, l)| l.ends_with(",I"))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(keys, [0, 80], "sync samples");
+    assert_eq!(intra, keys, "the sync samples are the intra frames");
+}

@@ -35,7 +35,7 @@ fn mp4_keeps_count_size_fps_and_looks_like_the_frames() {
 #[test]
 fn mp4_keeps_common_frame_rates() {
     let dir = tempfile::tempdir().unwrap();
-    for fps in [8.0, 24.0, 25.0, 30.0] {
+    for fps in [0.5, 8.0, 24.0, 25.0, 30.0, 120.0] {
         let path = dir.path().join(format!("clip{fps}.mp4"));
         write(&path, &moving_pattern(5, 32, 48, fps)).unwrap();
         let back = read(&path).unwrap();
