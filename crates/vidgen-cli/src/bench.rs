@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use clap::Args;
-use vidgen::families::wan::init::random_weights;
+use vidgen::families::wan::init::{detached, random_weights};
 use vidgen::families::wan::presets;
 use vidgen::families::wan::transformer::WanTransformer3D;
 use vidgen::families::wan::vae::AutoencoderKlWan;
@@ -108,7 +108,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 let batch = if part == "dit" { 1 } else { 2 };
                 let cfg = preset.transformer.clone();
                 let map = random_weights(&mut rng, dtype, |vb| WanTransformer3D::new(&cfg, vb).map(|_| ()))?;
-                let model = WanTransformer3D::new(&cfg, VarBuilder::from_varmap(&map, dtype, &device))?;
+                let vb = VarBuilder::from_tensors(detached(&map), dtype, &device);
+                let model = WanTransformer3D::new(&cfg, vb)?;
                 let x = vidgen::noise::randn(1, (batch, cfg.in_channels, t, h, w), &device)?;
                 let text = vidgen::noise::randn(2, (batch, args.text_len, cfg.text_dim), &device)?;
                 let ts = Tensor::full(500f32, batch, &device)?;
@@ -122,7 +123,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "vae-decode" => {
                 let cfg = preset.vae.clone();
                 let map = random_weights(&mut rng, dtype, |vb| AutoencoderKlWan::new(&cfg, vb).map(|_| ()))?;
-                let vae = AutoencoderKlWan::new(&cfg, VarBuilder::from_varmap(&map, dtype, &device))?;
+                let vb = VarBuilder::from_tensors(detached(&map), dtype, &device);
+                let vae = AutoencoderKlWan::new(&cfg, vb)?;
                 let z = vidgen::noise::randn(3, (1, cfg.z_dim, t, h, w), &device)?.to_dtype(dtype)?;
                 let secs = time(args.repeats, || {
                     vae.decode(&z)?;
@@ -155,3 +157,4 @@ fn report(part: &str, seconds: f64, flops: f64, peak_gflops: f64, args: &BenchAr
 fn rayon_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
+

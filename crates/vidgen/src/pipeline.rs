@@ -431,7 +431,8 @@ impl WanPipeline {
             Some(model) => model,
             None => {
                 let cfg = self.text_cfg.clone();
-                self.build("text_encoder", |vb| Umt5EncoderModel::new(&cfg, vb))?
+                let dtype = self.text_encoder_dtype()?;
+                self.build_as("text_encoder", dtype, |vb| Umt5EncoderModel::new(&cfg, vb))?
             }
         };
         let states = encode_prompts(&self.tokenizer, &model, prompts, max_len)?;
@@ -479,15 +480,43 @@ impl WanPipeline {
         Ok(self.transformer.as_ref().expect("just built"))
     }
 
-    /// Builds one component from its folder's weights; errors name the folder, and checkpoint
-    /// tensors the model never read are reported.
+    /// The text encoder's dtype: the requested one, except that a text encoder stored in bf16
+    /// stays bf16 when f32 is requested. The encoder runs once per prompt, and UMT5-XXL
+    /// (5.7B parameters) would need 23 GB as f32 — more than the transformer and the VAE
+    /// together. Its norms and residual stream still run in f32.
+    fn text_encoder_dtype(&self) -> Result<DType> {
+        if self.opts.dtype != DType::F32 {
+            return Ok(self.opts.dtype);
+        }
+        let dir = self.dir.join("text_encoder");
+        let stored = Weights::open(&dir, DType::F32, &Device::Cpu)?.stored_dtype();
+        Ok(if stored == Some(DType::BF16) {
+            tracing::info!("{}: stored in bf16, kept in bf16", dir.display());
+            DType::BF16
+        } else {
+            DType::F32
+        })
+    }
+
+    /// Builds one component from its folder's weights in the pipeline's dtype.
     fn build<T>(
         &self,
         component: &str,
         make: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
     ) -> Result<T> {
+        self.build_as(component, self.opts.dtype, make)
+    }
+
+    /// Builds one component from its folder's weights as `dtype`; errors name the folder, and
+    /// checkpoint tensors the model never read are reported.
+    fn build_as<T>(
+        &self,
+        component: &str,
+        dtype: DType,
+        make: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
+    ) -> Result<T> {
         let dir = self.dir.join(component);
-        let weights = Weights::open(&dir, self.opts.dtype, &self.opts.device)?;
+        let weights = Weights::open(&dir, dtype, &self.opts.device)?;
         let model = make(weights.var_builder()).map_err(|e| Error::BadWeights {
             path: dir.clone(),
             reason: e.to_string(),

@@ -87,9 +87,10 @@ fn write_into(dir: &Path, preset: &WanPreset, seed: u64) -> Result<()> {
     text_json["model_type"] = json!("umt5");
     text_json["tie_word_embeddings"] = json!(true);
     write_json(&dir.join("text_encoder/config.json"), &text_json)?;
-    write_random_weights(&dir.join("text_encoder/model.safetensors"), &mut rng, |vb| {
+    random_weights(&mut rng, preset.text_encoder_dtype, |vb| {
         Umt5EncoderModel::new(&text_cfg, vb).map(|_| ())
-    })?;
+    })?
+    .save(dir.join("text_encoder/model.safetensors"))?;
 
     write_json(&dir.join("scheduler/scheduler_config.json"), &preset.scheduler)?;
     write_json(
@@ -163,6 +164,18 @@ pub fn random_weights(
         var.set(&value.to_dtype(dtype)?)?;
     }
     Ok(varmap)
+}
+
+/// The weights of `map` as plain tensors. Use these, not the `Var`s, to run a model for
+/// inference: ops on `Var`s record the graph for backpropagation, which keeps every
+/// intermediate of a forward pass alive until its output is dropped.
+pub fn detached(map: &VarMap) -> std::collections::HashMap<String, Tensor> {
+    map.data()
+        .lock()
+        .expect("varmap lock")
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_detached_tensor()))
+        .collect()
 }
 
 /// The starting value of one weight, chosen from its name and shape like PyTorch's module

@@ -21,6 +21,9 @@ pub struct WanPreset {
     /// preset uses vidgen's own small vocabulary (`own_tokenizer`).
     pub text_encoder: Umt5Config,
     pub own_tokenizer: bool,
+    /// Dtype the text encoder's weights are written in (the Wan2.1 checkpoints store UMT5-XXL
+    /// in bf16).
+    pub text_encoder_dtype: candle_core::DType,
     /// `scheduler_config.json` contents.
     pub scheduler: serde_json::Value,
     pub defaults: ModelDefaults,
@@ -77,6 +80,7 @@ pub fn preset(name: &str) -> Result<WanPreset> {
                 "dropout_rate": 0.0, "is_encoder_decoder": false, "use_cache": false,
             }))?,
             own_tokenizer: true,
+            text_encoder_dtype: candle_core::DType::F32,
             scheduler: wan_unipc_scheduler(3.0),
             defaults: ModelDefaults {
                 num_frames: 17,
@@ -111,6 +115,7 @@ pub fn preset(name: &str) -> Result<WanPreset> {
                 "dropout_rate": 0.0, "is_encoder_decoder": false, "use_cache": false,
             }))?,
             own_tokenizer: true,
+            text_encoder_dtype: candle_core::DType::BF16,
             scheduler: wan_unipc_scheduler(3.0),
             defaults: ModelDefaults::default(),
         }),
