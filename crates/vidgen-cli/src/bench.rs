@@ -74,7 +74,12 @@ fn matmul_peak(dtype: DType) -> Result<f64> {
 }
 
 /// FLOPs of one transformer forward: matmuls and attention only.
-fn dit_flops(cfg: &vidgen::families::wan::config::WanTransformerConfig, batch: usize, n: usize, l: usize) -> f64 {
+fn dit_flops(
+    cfg: &vidgen::families::wan::config::WanTransformerConfig,
+    batch: usize,
+    n: usize,
+    l: usize,
+) -> f64 {
     let (d, f) = (cfg.inner_dim() as f64, cfg.ffn_dim as f64);
     let (n, l) = (n as f64, l as f64);
     let per_layer = 2.0 * (4.0 * n * d * d) // self-attention projections
@@ -95,7 +100,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(layers) = args.layers {
         preset.transformer.num_layers = layers;
     }
-    if (args.frames - 1) % 4 != 0 || args.height % 16 != 0 || args.width % 16 != 0 {
+    if !(args.frames - 1).is_multiple_of(4) || !args.height.is_multiple_of(16) || !args.width.is_multiple_of(16) {
         bail!("--frames must be 4k+1 and --height/--width multiples of 16");
     }
     let peak = matmul_peak(dtype)?;
@@ -107,7 +112,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "dit" | "dit-cfg" => {
                 let batch = if part == "dit" { 1 } else { 2 };
                 let cfg = preset.transformer.clone();
-                let map = random_weights(&mut rng, dtype, |vb| WanTransformer3D::new(&cfg, vb).map(|_| ()))?;
+                let map = random_weights(&mut rng, dtype, |vb| {
+                    WanTransformer3D::new(&cfg, vb).map(|_| ())
+                })?;
                 let vb = VarBuilder::from_tensors(detached(&map), dtype, &device);
                 let model = WanTransformer3D::new(&cfg, vb)?;
                 let x = vidgen::noise::randn(1, (batch, cfg.in_channels, t, h, w), &device)?;
@@ -122,10 +129,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
             "vae-decode" => {
                 let cfg = preset.vae.clone();
-                let map = random_weights(&mut rng, dtype, |vb| AutoencoderKlWan::new(&cfg, vb).map(|_| ()))?;
+                let map = random_weights(&mut rng, dtype, |vb| {
+                    AutoencoderKlWan::new(&cfg, vb).map(|_| ())
+                })?;
                 let vb = VarBuilder::from_tensors(detached(&map), dtype, &device);
                 let vae = AutoencoderKlWan::new(&cfg, vb)?;
-                let z = vidgen::noise::randn(3, (1, cfg.z_dim, t, h, w), &device)?.to_dtype(dtype)?;
+                let z =
+                    vidgen::noise::randn(3, (1, cfg.z_dim, t, h, w), &device)?.to_dtype(dtype)?;
                 let secs = time(args.repeats, || {
                     vae.decode(&z)?;
                     Ok(())
@@ -155,6 +165,7 @@ fn report(part: &str, seconds: f64, flops: f64, peak_gflops: f64, args: &BenchAr
 }
 
 fn rayon_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
-

@@ -92,7 +92,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         None => None,
     };
 
-    let model_dir = args.model.clone().unwrap_or_else(|| PathBuf::from(BUILTIN_MODEL));
+    let model_dir = args
+        .model
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(BUILTIN_MODEL));
     if args.model.is_none() && !model_dir.join("model_index.json").is_file() {
         bail!(
             "the built-in model is not in this checkout ({}); pass --model DIR \
@@ -150,7 +153,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     vidgen_video::write(&args.output, &video)
         .with_context(|| format!("writing {}", args.output.display()))?;
-    let record = serde_json::json!({ "settings": generated.settings, "fps": fps, "model": pipeline.dir() });
+    let record =
+        serde_json::json!({ "settings": generated.settings, "fps": fps, "model": pipeline.dir() });
     let sidecar = sidecar_path(&args.output);
     write_atomic(&sidecar, serde_json::to_string_pretty(&record)?.as_bytes())?;
     eprintln!(
@@ -170,9 +174,11 @@ struct Bars {
 
 impl Bars {
     fn new() -> Self {
-        let style = ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> ");
+        let style = ProgressStyle::with_template(
+            "{prefix:>8} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> ");
         let make = |prefix: &'static str| {
             let bar = ProgressBar::hidden();
             bar.set_style(style.clone());
@@ -218,7 +224,11 @@ pub fn check_output_path(path: &Path, accepted: &[&str]) -> Result<()> {
         bail!(
             "{}: unsupported output type; use one of: {}",
             path.display(),
-            accepted.iter().map(|e| format!(".{e}")).collect::<Vec<_>>().join(", ")
+            accepted
+                .iter()
+                .map(|e| format!(".{e}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     let parent = match path.parent() {
@@ -226,7 +236,11 @@ pub fn check_output_path(path: &Path, accepted: &[&str]) -> Result<()> {
         _ => PathBuf::from("."),
     };
     if !parent.is_dir() {
-        bail!("{}: the folder {} does not exist", path.display(), parent.display());
+        bail!(
+            "{}: the folder {} does not exist",
+            path.display(),
+            parent.display()
+        );
     }
     let probe = parent.join(format!(".vidgen-write-test-{}", std::process::id()));
     std::fs::write(&probe, b"")
@@ -256,12 +270,15 @@ pub fn parse_device(name: &str) -> Result<Device> {
     }
     if let Some(n) = name.strip_prefix("cuda") {
         let ordinal = match n.strip_prefix(':') {
-            Some(i) => i.parse().with_context(|| format!("--device {name}: bad GPU index"))?,
+            Some(i) => i
+                .parse()
+                .with_context(|| format!("--device {name}: bad GPU index"))?,
             None if n.is_empty() => 0,
             None => bail!("unknown --device `{name}`; use cpu, cuda:N or metal"),
         };
-        return Device::new_cuda(ordinal)
-            .with_context(|| format!("--device {name} (is this build made with --features cuda?)"));
+        return Device::new_cuda(ordinal).with_context(|| {
+            format!("--device {name} (is this build made with --features cuda?)")
+        });
     }
     bail!("unknown --device `{name}`; use cpu, cuda:N or metal")
 }

@@ -8,7 +8,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "vidgen", version, about = "Text-to-video generation with video diffusion transformers")]
+#[command(
+    name = "vidgen",
+    version,
+    about = "Text-to-video generation with video diffusion transformers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -43,7 +43,9 @@ fn copy_dir(src: &Path, dst: &Path) {
 
 fn save_latents(path: &Path, latents: &Tensor) {
     candle_core::safetensors::save(
-        &[("latents".to_string(), latents.clone())].into_iter().collect(),
+        &[("latents".to_string(), latents.clone())]
+            .into_iter()
+            .collect(),
         path,
     )
     .unwrap();
@@ -82,7 +84,14 @@ fn pipeline_parity(model: &Path, scheduler: &str) {
     let got = candle_core::safetensors::load(&frames, &Device::Cpu).unwrap()["frames"].clone();
     let want = &refs[&format!("pipeline.{scheduler}.frames")];
     assert_eq!(got.dims(), want.dims());
-    let err = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let err = (got - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     println!("{scheduler}: frames max abs error {err:e}");
     assert!(err <= 2e-3, "{scheduler}: frames max abs error {err}");
 }
@@ -111,7 +120,12 @@ fn fails(model: &Path, extra: &[&str], out_name: &str) -> String {
     let mut args = vec!["generate", "a ball", "--model", model.to_str().unwrap()];
     args.extend_from_slice(extra);
     // A size this fixture can take, for every flag the case does not set itself.
-    for (flag, value) in [("--frames", "9"), ("--height", "32"), ("--width", "48"), ("--steps", "1")] {
+    for (flag, value) in [
+        ("--frames", "9"),
+        ("--height", "32"),
+        ("--width", "48"),
+        ("--steps", "1"),
+    ] {
         if !extra.iter().any(|a| a.starts_with(flag)) {
             args.extend_from_slice(&[flag, value]);
         }
@@ -135,12 +149,19 @@ fn impossible_sizes_and_settings_are_refused_with_what_is_accepted() {
     let err = fails(&model, &["--width", "0"], "o.mp4");
     assert!(err.contains("multiples of 16"), "{err}");
     let err = fails(&model, &["--guidance=-1"], "o.mp4");
-    assert!(err.contains("guidance must be a finite number ≥ 0"), "{err}");
+    assert!(
+        err.contains("guidance must be a finite number ≥ 0"),
+        "{err}"
+    );
     let err = fails(&model, &["--steps", "0"], "o.mp4");
     assert!(err.contains("steps must be at least 1"), "{err}");
     let err = fails(&model, &[], "o.avi");
     assert!(err.contains("use one of: .mp4, .gif, .png"), "{err}");
-    let err = fails(&model, &["--frames", "1", "--height", "2048", "--width", "32"], "o.mp4");
+    let err = fails(
+        &model,
+        &["--frames", "1", "--height", "2048", "--width", "32"],
+        "o.mp4",
+    );
     assert!(err.contains("at most 32 patches per axis"), "{err}");
 }
 
@@ -149,7 +170,16 @@ fn zero_steps_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o.mp4");
     let model = fixture().join("pipeline");
-    let o = vidgen(&["generate", "a", "--model", model.to_str().unwrap(), "--steps", "0", "-o", out.to_str().unwrap()]);
+    let o = vidgen(&[
+        "generate",
+        "a",
+        "--model",
+        model.to_str().unwrap(),
+        "--steps",
+        "0",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("steps must be at least 1"));
     assert!(!out.exists());
@@ -158,12 +188,26 @@ fn zero_steps_are_refused() {
 #[test]
 fn bad_output_locations_are_refused_before_any_work() {
     let model = fixture().join("pipeline");
-    let o = vidgen(&["generate", "a", "--model", model.to_str().unwrap(), "-o", "/nonexistent-dir/x.mp4"]);
+    let o = vidgen(&[
+        "generate",
+        "a",
+        "--model",
+        model.to_str().unwrap(),
+        "-o",
+        "/nonexistent-dir/x.mp4",
+    ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("does not exist"), "{err}");
     // Not writable even for root: /proc takes no new files.
-    let o = vidgen(&["generate", "a", "--model", model.to_str().unwrap(), "-o", "/proc/vidgen-test.mp4"]);
+    let o = vidgen(&[
+        "generate",
+        "a",
+        "--model",
+        model.to_str().unwrap(),
+        "-o",
+        "/proc/vidgen-test.mp4",
+    ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("cannot write in /proc"), "{err}");
@@ -180,9 +224,16 @@ fn broken_model_folders_get_clear_errors() {
 
     // An unknown pipeline class.
     let model = copy_model(tmp.path());
-    std::fs::write(model.join("model_index.json"), r#"{"_class_name": "FancyPipeline"}"#).unwrap();
+    std::fs::write(
+        model.join("model_index.json"),
+        r#"{"_class_name": "FancyPipeline"}"#,
+    )
+    .unwrap();
     let err = fails(&model, &[], "o.mp4");
-    assert!(err.contains("unsupported pipeline `FancyPipeline`; supported: WanPipeline"), "{err}");
+    assert!(
+        err.contains("unsupported pipeline `FancyPipeline`; supported: WanPipeline"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&model).unwrap();
 
     // A truncated weight file.
@@ -205,7 +256,9 @@ fn broken_model_folders_get_clear_errors() {
     // A weight of the wrong shape: a config that disagrees with the checkpoint.
     let model = copy_model(tmp.path());
     let cfg_path = model.join("transformer/config.json");
-    let cfg = std::fs::read_to_string(&cfg_path).unwrap().replace("\"ffn_dim\": 40", "\"ffn_dim\": 41");
+    let cfg = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("\"ffn_dim\": 40", "\"ffn_dim\": 41");
     std::fs::write(&cfg_path, cfg).unwrap();
     let err = fails(&model, &[], "o.mp4");
     assert!(err.contains("blocks.0.ffn.net.0.proj.weight"), "{err}");
@@ -214,7 +267,11 @@ fn broken_model_folders_get_clear_errors() {
 
     // An unsupported scheduler.
     let model = copy_model(tmp.path());
-    std::fs::write(model.join("scheduler/scheduler_config.json"), r#"{"_class_name": "DPMSolverSDEScheduler"}"#).unwrap();
+    std::fs::write(
+        model.join("scheduler/scheduler_config.json"),
+        r#"{"_class_name": "DPMSolverSDEScheduler"}"#,
+    )
+    .unwrap();
     let err = fails(&model, &[], "o.mp4");
     assert!(err.contains("DPMSolverSDEScheduler"), "{err}");
 }
@@ -223,10 +280,22 @@ fn broken_model_folders_get_clear_errors() {
 fn latents_of_the_wrong_shape_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let latents = tmp.path().join("l.safetensors");
-    save_latents(&latents, &Tensor::zeros((1, 4, 3, 4, 6), candle_core::DType::F32, &Device::Cpu).unwrap());
+    save_latents(
+        &latents,
+        &Tensor::zeros((1, 4, 3, 4, 6), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
     let model = fixture().join("pipeline");
     let out = tmp.path().join("o.mp4");
-    let o = vidgen(&["generate", "a", "--model", model.to_str().unwrap(), "--latents", latents.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let o = vidgen(&[
+        "generate",
+        "a",
+        "--model",
+        model.to_str().unwrap(),
+        "--latents",
+        latents.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("latents must be (1, 8, T, H, W)"), "{err}");
@@ -248,25 +317,66 @@ fn init_info_and_generate_work_together() {
     // A second init into the same folder is refused; --force replaces it.
     let o = vidgen(&["init", "--preset", "tiny", "-o", model.to_str().unwrap()]);
     assert!(!o.status.success());
-    let o = vidgen(&["init", "--preset", "tiny", "-o", model.to_str().unwrap(), "--force"]);
+    let o = vidgen(&[
+        "init",
+        "--preset",
+        "tiny",
+        "-o",
+        model.to_str().unwrap(),
+        "--force",
+    ]);
     assert!(o.status.success());
 
     let out = tmp.path().join("clip.gif");
     let frames = tmp.path().join("frames.safetensors");
-    let o = vidgen(&["generate", "a red ball bounces", "--model", model.to_str().unwrap(), "--seed", "3", "--steps", "2", "-o", out.to_str().unwrap(), "--save-frames", frames.to_str().unwrap()]);
+    let o = vidgen(&[
+        "generate",
+        "a red ball bounces",
+        "--model",
+        model.to_str().unwrap(),
+        "--seed",
+        "3",
+        "--steps",
+        "2",
+        "-o",
+        out.to_str().unwrap(),
+        "--save-frames",
+        frames.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(out.is_file());
     let sidecar: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("clip.gif.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("clip.gif.json")).unwrap())
+            .unwrap();
     assert_eq!(sidecar["settings"]["seed"], 3);
     let got = candle_core::safetensors::load(&frames, &Device::Cpu).unwrap()["frames"].clone();
     assert_eq!(got.dims(), &[17, 64, 96, 3]);
 
     // The same seed gives the same frames.
     let frames2 = tmp.path().join("frames2.safetensors");
-    let o = vidgen(&["generate", "a red ball bounces", "--model", model.to_str().unwrap(), "--seed", "3", "--steps", "2", "-o", out.to_str().unwrap(), "--save-frames", frames2.to_str().unwrap()]);
+    let o = vidgen(&[
+        "generate",
+        "a red ball bounces",
+        "--model",
+        model.to_str().unwrap(),
+        "--seed",
+        "3",
+        "--steps",
+        "2",
+        "-o",
+        out.to_str().unwrap(),
+        "--save-frames",
+        frames2.to_str().unwrap(),
+    ]);
     assert!(o.status.success());
     let again = candle_core::safetensors::load(&frames2, &Device::Cpu).unwrap()["frames"].clone();
-    let diff = (got - again).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (got - again)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert_eq!(diff, 0.0);
 }

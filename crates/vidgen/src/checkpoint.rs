@@ -179,10 +179,11 @@ impl Weights {
             })?;
         }
         // SAFETY: as above.
-        let tensors = unsafe { MmapedSafetensors::multi(files) }.map_err(|e| Error::BadWeights {
-            path: files[0].clone(),
-            reason: e.to_string(),
-        })?;
+        let tensors =
+            unsafe { MmapedSafetensors::multi(files) }.map_err(|e| Error::BadWeights {
+                path: files[0].clone(),
+                reason: e.to_string(),
+            })?;
         Ok(Self {
             inner: Arc::new(TrackedTensors {
                 tensors,
@@ -289,7 +290,9 @@ mod tests {
         let a = Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap();
         let b = Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap();
         candle_core::safetensors::save(
-            &[("a".to_string(), a), ("b".to_string(), b)].into_iter().collect(),
+            &[("a".to_string(), a), ("b".to_string(), b)]
+                .into_iter()
+                .collect(),
             &file,
         )
         .unwrap();
@@ -333,7 +336,9 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("refs")).unwrap();
         std::fs::write(dir.path().join("refs").join("main"), "abc123\n").unwrap();
         assert_eq!(resolve_model_dir(dir.path()).unwrap(), snap);
-        let err = resolve_model_dir(&dir.path().join("nope")).unwrap_err().to_string();
+        let err = resolve_model_dir(&dir.path().join("nope"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no such file or folder"), "{err}");
         let empty = tempfile::tempdir().unwrap();
         let err = resolve_model_dir(empty.path()).unwrap_err().to_string();

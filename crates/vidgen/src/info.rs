@@ -137,7 +137,11 @@ fn millions(n: usize) -> String {
 impl fmt::Display for ModelInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}", self.path.display())?;
-        writeln!(f, "  pipeline      {} (family {})", self.pipeline, self.family)?;
+        writeln!(
+            f,
+            "  pipeline      {} (family {})",
+            self.pipeline, self.family
+        )?;
         writeln!(f, "  can do        {}", self.tasks.join(", "))?;
         for (name, c) in [
             ("transformer", &self.transformer),
@@ -159,7 +163,12 @@ impl fmt::Display for ModelInfo {
         writeln!(
             f,
             "  defaults      {} frames at {}x{}, {} fps, {} steps, guidance {}, {} text tokens",
-            d.num_frames, d.width, d.height, d.fps, d.num_inference_steps, d.guidance_scale,
+            d.num_frames,
+            d.width,
+            d.height,
+            d.fps,
+            d.num_inference_steps,
+            d.guidance_scale,
             d.max_sequence_length
         )
     }

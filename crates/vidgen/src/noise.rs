@@ -75,9 +75,15 @@ mod tests {
 
     #[test]
     fn same_seed_same_noise_different_seed_different_noise() -> Result<()> {
-        let a = randn(42, (2, 3, 4), &Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
-        let b = randn(42, (2, 3, 4), &Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
-        let c = randn(43, (2, 3, 4), &Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+        let a = randn(42, (2, 3, 4), &Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let b = randn(42, (2, 3, 4), &Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let c = randn(43, (2, 3, 4), &Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         assert_eq!(a, b);
         assert_ne!(a, c);
         Ok(())

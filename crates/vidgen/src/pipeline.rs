@@ -256,7 +256,10 @@ impl WanPipeline {
     pub fn resolve(&self, req: &GenerateRequest) -> Result<Settings> {
         let d = &self.defaults;
         let (tf, sf) = self.vae_scale_factors();
-        let (_, ph, pw) = self.transformer_cfg.patch().map_err(Error::InvalidRequest)?;
+        let (_, ph, pw) = self
+            .transformer_cfg
+            .patch()
+            .map_err(Error::InvalidRequest)?;
         let from_latents = match &req.latents {
             Some(l) => {
                 let (b, c, t, h, w) = l.dims5().map_err(|_| {
@@ -298,7 +301,7 @@ impl WanPipeline {
             scheduler: self.scheduler_class.clone(),
         };
         let bad = |msg: String| Err(Error::InvalidRequest(msg));
-        if num_frames == 0 || (num_frames - 1) % tf != 0 {
+        if num_frames == 0 || !(num_frames - 1).is_multiple_of(tf) {
             return bad(format!(
                 "frames must be of the form {tf}k+1 (1, {}, {}, …, 81, …), got {num_frames}",
                 tf + 1,
@@ -306,7 +309,7 @@ impl WanPipeline {
             ));
         }
         let (hm, wm) = (sf * ph, sf * pw);
-        if height == 0 || width == 0 || height % hm != 0 || width % wm != 0 {
+        if height == 0 || width == 0 || !height.is_multiple_of(hm) || !width.is_multiple_of(wm) {
             return bad(format!(
                 "height and width must be positive multiples of {hm} and {wm} \
                  (VAE factor {sf} × patch), got {height}x{width}"
@@ -325,7 +328,10 @@ impl WanPipeline {
             return bad("max-sequence-length must be at least 1".into());
         }
         let latent = self.latent_shape(&settings);
-        let (pt, _, _) = self.transformer_cfg.patch().map_err(Error::InvalidRequest)?;
+        let (pt, _, _) = self
+            .transformer_cfg
+            .patch()
+            .map_err(Error::InvalidRequest)?;
         let grid = [latent.2 / pt, latent.3 / ph, latent.4 / pw];
         let max = self.transformer_cfg.rope_max_seq_len;
         if grid.iter().any(|&g| g > max) {
@@ -443,7 +449,11 @@ impl WanPipeline {
     }
 
     /// Denoised latents `(1, C, T, H, W)` → frames `(F, H, W, 3)` f32 in [0, 1].
-    pub fn decode(&mut self, latents: &Tensor, progress: &mut dyn FnMut(Progress)) -> Result<Tensor> {
+    pub fn decode(
+        &mut self,
+        latents: &Tensor,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Tensor> {
         let vae = match self.vae.take() {
             Some(vae) => vae,
             None => {
@@ -475,7 +485,8 @@ impl WanPipeline {
     fn transformer(&mut self) -> Result<&WanTransformer3D> {
         if self.transformer.is_none() {
             let cfg = self.transformer_cfg.clone();
-            self.transformer = Some(self.build("transformer", |vb| WanTransformer3D::new(&cfg, vb))?);
+            self.transformer =
+                Some(self.build("transformer", |vb| WanTransformer3D::new(&cfg, vb))?);
         }
         Ok(self.transformer.as_ref().expect("just built"))
     }
@@ -561,7 +572,11 @@ fn read_config<T: serde::de::DeserializeOwned>(
 
 /// A NaN or infinity is an error, not an output.
 fn check_finite(x: &Tensor, what: &str) -> Result<()> {
-    let sum = x.abs()?.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    let sum = x
+        .abs()?
+        .sum_all()?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()?;
     if sum.is_finite() {
         Ok(())
     } else {

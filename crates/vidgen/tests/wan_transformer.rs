@@ -13,17 +13,31 @@ fn fixture_dir() -> PathBuf {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[test]
 fn transformer_matches_diffusers() {
     let dir = fixture_dir();
-    let reference = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
-    let cfg: WanTransformerConfig = read_json(&dir.join("pipeline/transformer/config.json")).unwrap();
-    let weights = Weights::open(&dir.join("pipeline/transformer"), DType::F32, &Device::Cpu).unwrap();
+    let reference =
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+    let cfg: WanTransformerConfig =
+        read_json(&dir.join("pipeline/transformer/config.json")).unwrap();
+    let weights =
+        Weights::open(&dir.join("pipeline/transformer"), DType::F32, &Device::Cpu).unwrap();
     let model = WanTransformer3D::new(&cfg, weights.var_builder()).unwrap();
-    assert_eq!(weights.unused(), Vec::<String>::new(), "checkpoint tensors the port ignores");
+    assert_eq!(
+        weights.unused(),
+        Vec::<String>::new(),
+        "checkpoint tensors the port ignores"
+    );
 
     let out = model
         .forward(
@@ -42,9 +56,12 @@ fn transformer_matches_diffusers() {
 #[test]
 fn bf16_weights_stay_close_to_f32() {
     let dir = fixture_dir();
-    let reference = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
-    let cfg: WanTransformerConfig = read_json(&dir.join("pipeline/transformer/config.json")).unwrap();
-    let weights = Weights::open(&dir.join("pipeline/transformer"), DType::BF16, &Device::Cpu).unwrap();
+    let reference =
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+    let cfg: WanTransformerConfig =
+        read_json(&dir.join("pipeline/transformer/config.json")).unwrap();
+    let weights =
+        Weights::open(&dir.join("pipeline/transformer"), DType::BF16, &Device::Cpu).unwrap();
     let model = WanTransformer3D::new(&cfg, weights.var_builder()).unwrap();
     let out = model
         .forward(
@@ -56,7 +73,13 @@ fn bf16_weights_stay_close_to_f32() {
     assert_eq!(out.dtype(), DType::BF16);
     let want = &reference["transformer.output"];
     let err = max_abs_diff(&out.to_dtype(DType::F32).unwrap(), want);
-    let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let scale = want
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     println!("bf16 transformer max abs error {err:e} (output scale {scale})");
     assert!(err <= 0.05 * scale.max(1.0), "bf16 error {err} too large");
 }
@@ -64,8 +87,10 @@ fn bf16_weights_stay_close_to_f32() {
 #[test]
 fn wrong_latent_channels_are_rejected_with_the_expected_shape() {
     let dir = fixture_dir();
-    let cfg: WanTransformerConfig = read_json(&dir.join("pipeline/transformer/config.json")).unwrap();
-    let weights = Weights::open(&dir.join("pipeline/transformer"), DType::F32, &Device::Cpu).unwrap();
+    let cfg: WanTransformerConfig =
+        read_json(&dir.join("pipeline/transformer/config.json")).unwrap();
+    let weights =
+        Weights::open(&dir.join("pipeline/transformer"), DType::F32, &Device::Cpu).unwrap();
     let model = WanTransformer3D::new(&cfg, weights.var_builder()).unwrap();
     let x = Tensor::zeros((1, 3, 1, 4, 4), DType::F32, &Device::Cpu).unwrap();
     let t = Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap();

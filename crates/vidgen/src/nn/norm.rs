@@ -25,8 +25,12 @@ impl RmsNorm {
 impl Module for RmsNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let dtype = xs.dtype();
-        candle_nn::ops::rms_norm(&xs.to_dtype(DType::F32)?.contiguous()?, &self.weight, self.eps)?
-            .to_dtype(dtype)
+        candle_nn::ops::rms_norm(
+            &xs.to_dtype(DType::F32)?.contiguous()?,
+            &self.weight,
+            self.eps,
+        )?
+        .to_dtype(dtype)
     }
 }
 

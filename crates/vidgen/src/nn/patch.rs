@@ -13,7 +13,10 @@ pub fn patchify(x: &Tensor, patch: (usize, usize, usize)) -> Result<Tensor> {
     let (b, c, t, h, w) = x.dims5()?;
     let (pt, ph, pw) = patch;
     if t % pt != 0 || h % ph != 0 || w % pw != 0 {
-        bail!("cannot cut latents (B, C, T, H, W) = {:?} into {patch:?} patches", x.shape())
+        bail!(
+            "cannot cut latents (B, C, T, H, W) = {:?} into {patch:?} patches",
+            x.shape()
+        )
     }
     let (nt, nh, nw) = (t / pt, h / ph, w / pw);
     // b c (nt pt) (nh ph) (nw pw) -> b (nt nh nw) (c pt ph pw)
@@ -41,7 +44,10 @@ pub fn unpatchify(
     let (nt, nh, nw) = grid;
     let (pt, ph, pw) = patch;
     if n != nt * nh * nw || f % (pt * ph * pw) != 0 {
-        bail!("cannot unpatchify tokens {:?} onto grid {grid:?} with patch {patch:?}", x.shape())
+        bail!(
+            "cannot unpatchify tokens {:?} onto grid {grid:?} with patch {patch:?}",
+            x.shape()
+        )
     }
     let c = f / (pt * ph * pw);
     // b (nt nh nw) (pt ph pw c) -> b c (nt pt) (nh ph) (nw pw)
@@ -69,7 +75,12 @@ mod tests {
         let tok = tokens.i((1, (2 + 1) * 3 + 2))?.to_vec1::<f32>()?;
         let want: Vec<f32> = (0..3)
             .flat_map(|c| (0..2).flat_map(move |ph| (0..2).map(move |pw| (c, ph, pw))))
-            .map(|(c, ph, pw)| x.i((1, c, 1, 2 + ph, 4 + pw)).unwrap().to_scalar::<f32>().unwrap())
+            .map(|(c, ph, pw)| {
+                x.i((1, c, 1, 2 + ph, 4 + pw))
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            })
             .collect();
         assert_eq!(tok, want);
         Ok(())

@@ -17,7 +17,7 @@ impl Rope3d {
     pub fn wan(head_dim: usize, theta: f64) -> Result<Self> {
         let h_dim = 2 * (head_dim / 6);
         let t_dim = head_dim - 2 * h_dim;
-        if head_dim % 2 != 0 || h_dim == 0 || t_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) || h_dim == 0 || !t_dim.is_multiple_of(2) {
             bail!("3D RoPE needs an even attention head dim of at least 6, got {head_dim}")
         }
         Ok(Self {
@@ -29,7 +29,11 @@ impl Rope3d {
 
     /// Cosines and sines for a `(t, h, w)` token grid, each `(t·h·w, d/2)` f32, token index
     /// `(i_t·h + i_h)·w + i_w`, pair order `[t pairs | h pairs | w pairs]`.
-    pub fn cos_sin(&self, grid: (usize, usize, usize), device: &Device) -> Result<(Tensor, Tensor)> {
+    pub fn cos_sin(
+        &self,
+        grid: (usize, usize, usize),
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let (t, h, w) = grid;
         let half = self.head_dim / 2;
         // Angles in f64 like the reference's buffers, rounded to f32 once.
@@ -97,7 +101,10 @@ mod tests {
         let (cos, sin) = rope.cos_sin((2, 2, 3), &dev)?;
         let x = Tensor::randn(0f32, 1., (1, 1, 12, 12), &dev)?;
         let y = apply_rotary_interleaved(&x, &cos, &sin)?;
-        let (xv, yv) = (x.squeeze(0)?.to_vec3::<f32>()?, y.squeeze(0)?.to_vec3::<f32>()?);
+        let (xv, yv) = (
+            x.squeeze(0)?.to_vec3::<f32>()?,
+            y.squeeze(0)?.to_vec3::<f32>()?,
+        );
         let (c, s) = (cos.to_vec2::<f32>()?, sin.to_vec2::<f32>()?);
         // token 7 = (t 1, h 0, w 1); pair 0 is the time axis: angle 1.
         let (tok, pair) = (7, 0);

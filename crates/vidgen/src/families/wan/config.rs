@@ -70,7 +70,9 @@ impl WanTransformerConfig {
     pub fn patch(&self) -> Result<(usize, usize, usize), String> {
         match self.patch_size.as_slice() {
             &[pt, ph, pw] if pt > 0 && ph > 0 && pw > 0 => Ok((pt, ph, pw)),
-            other => Err(format!("patch_size must be three positive integers, got {other:?}")),
+            other => Err(format!(
+                "patch_size must be three positive integers, got {other:?}"
+            )),
         }
     }
 
@@ -78,9 +80,11 @@ impl WanTransformerConfig {
     pub fn validate(&self) -> Result<(), String> {
         self.patch()?;
         if self.image_dim.is_some() || self.added_kv_proj_dim.is_some() {
-            return Err("image-to-video Wan transformers (image_dim / added_kv_proj_dim) are not \
+            return Err(
+                "image-to-video Wan transformers (image_dim / added_kv_proj_dim) are not \
                         supported yet; text-to-video checkpoints are"
-                .into());
+                    .into(),
+            );
         }
         if self.num_attention_heads == 0 || self.attention_head_dim < 6 {
             return Err(format!(

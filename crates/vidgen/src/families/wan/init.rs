@@ -45,7 +45,13 @@ pub fn write_random_model(dir: &Path, preset: &WanPreset, seed: u64) -> Result<(
 }
 
 fn write_into(dir: &Path, preset: &WanPreset, seed: u64) -> Result<()> {
-    for sub in ["transformer", "vae", "text_encoder", "tokenizer", "scheduler"] {
+    for sub in [
+        "transformer",
+        "vae",
+        "text_encoder",
+        "tokenizer",
+        "scheduler",
+    ] {
         let path = dir.join(sub);
         std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
     }
@@ -92,7 +98,10 @@ fn write_into(dir: &Path, preset: &WanPreset, seed: u64) -> Result<()> {
     })?
     .save(dir.join("text_encoder/model.safetensors"))?;
 
-    write_json(&dir.join("scheduler/scheduler_config.json"), &preset.scheduler)?;
+    write_json(
+        &dir.join("scheduler/scheduler_config.json"),
+        &preset.scheduler,
+    )?;
     write_json(
         &dir.join("model_index.json"),
         &json!({

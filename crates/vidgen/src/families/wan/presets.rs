@@ -62,7 +62,8 @@ fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result
 pub fn preset(name: &str) -> Result<WanPreset> {
     match name {
         "tiny" => Ok(WanPreset {
-            description: "tiny random Wan-architecture model for tests and demos (~0.2M parameters)",
+            description:
+                "tiny random Wan-architecture model for tests and demos (~0.2M parameters)",
             transformer: from_json(json!({
                 "patch_size": [1, 2, 2], "num_attention_heads": 2, "attention_head_dim": 24,
                 "in_channels": 16, "out_channels": 16, "text_dim": 32, "freq_dim": 32,

@@ -45,7 +45,10 @@ impl Module for Linear {
         let dims = xs.dims().to_vec();
         let in_dim = *dims.last().unwrap_or(&0);
         let rows = xs.elem_count() / in_dim.max(1);
-        let ys = xs.contiguous()?.reshape((rows, in_dim))?.matmul(&self.weight_t)?;
+        let ys = xs
+            .contiguous()?
+            .reshape((rows, in_dim))?
+            .matmul(&self.weight_t)?;
         let ys = match &self.bias {
             Some(b) => ys.broadcast_add(b)?,
             None => ys,
@@ -104,7 +107,11 @@ impl WanAttention {
         let q = self.norm_q.forward(&self.to_q.forward(hidden_states)?)?;
         let k = self.norm_k.forward(&self.to_k.forward(context)?)?;
         let v = self.to_v.forward(context)?;
-        let (mut q, mut k, v) = (self.split_heads(&q)?, self.split_heads(&k)?, self.split_heads(&v)?);
+        let (mut q, mut k, v) = (
+            self.split_heads(&q)?,
+            self.split_heads(&k)?,
+            self.split_heads(&v)?,
+        );
         if let Some((cos, sin)) = rope {
             q = apply_rotary_interleaved(&q, cos, sin)?;
             k = apply_rotary_interleaved(&k, cos, sin)?;
@@ -172,7 +179,9 @@ impl WanTransformerBlock {
             attn2: WanAttention::new(dim, heads, cfg.eps, vb.pp("attn2"))?,
             norm3: LayerNorm::new(dim, cfg.eps, false, vb.pp("norm3"))?,
             ffn: FeedForward::new(dim, cfg.ffn_dim, vb.pp("ffn"))?,
-            scale_shift_table: vb.get((1, 6, dim), "scale_shift_table")?.to_dtype(DType::F32)?,
+            scale_shift_table: vb
+                .get((1, 6, dim), "scale_shift_table")?
+                .to_dtype(DType::F32)?,
         })
     }
 
@@ -199,7 +208,9 @@ impl WanTransformerBlock {
 
         // 1. Self-attention over all spacetime tokens.
         let normed = modulate(&self.norm1.forward(hidden_states)?, shift_msa, scale_msa)?;
-        let attn = self.attn1.forward(&normed.to_dtype(dtype)?, None, Some(rope))?;
+        let attn = self
+            .attn1
+            .forward(&normed.to_dtype(dtype)?, None, Some(rope))?;
         let hidden_states = (hidden_states.to_dtype(DType::F32)?
             + attn.to_dtype(DType::F32)?.broadcast_mul(gate_msa)?)?
         .to_dtype(dtype)?;
@@ -209,7 +220,8 @@ impl WanTransformerBlock {
             Some(norm) => norm.forward(&hidden_states)?.to_dtype(dtype)?,
             None => hidden_states.clone(),
         };
-        let hidden_states = (&hidden_states + self.attn2.forward(&normed, Some(text_states), None)?)?;
+        let hidden_states =
+            (&hidden_states + self.attn2.forward(&normed, Some(text_states), None)?)?;
 
         // 3. Feed-forward.
         let normed = modulate(&self.norm3.forward(&hidden_states)?, c_shift, c_scale)?;
@@ -271,7 +283,9 @@ impl WanTransformer3D {
             blocks,
             norm_out: LayerNorm::new(dim, cfg.eps, false, vb.pp("norm_out"))?,
             proj_out: Linear::new(dim, cfg.out_channels() * pt * ph * pw, vb.pp("proj_out"))?,
-            scale_shift_table: vb.get((1, 2, dim), "scale_shift_table")?.to_dtype(DType::F32)?,
+            scale_shift_table: vb
+                .get((1, 2, dim), "scale_shift_table")?
+                .to_dtype(DType::F32)?,
             rope: Rope3d::wan(cfg.attention_head_dim, 10000.0)?,
             dtype: vb.dtype(),
             cfg: cfg.clone(),
