@@ -39,6 +39,9 @@ pub struct BenchArgs {
     /// Timed runs per part after one warm-up; the median is reported.
     #[arg(long, default_value_t = 1)]
     pub repeats: usize,
+    /// Worker threads (default: all cores, or RAYON_NUM_THREADS).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 fn peak_rss_bytes() -> Option<u64> {
@@ -91,6 +94,10 @@ fn dit_flops(
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if let Some(n) = args.threads {
+        // Read by candle's kernels and rayon's pool, which start after this.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
     let dtype = match args.dtype.as_str() {
         "f32" => DType::F32,
         "bf16" => DType::BF16,
@@ -100,7 +107,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(layers) = args.layers {
         preset.transformer.num_layers = layers;
     }
-    if !(args.frames - 1).is_multiple_of(4) || !args.height.is_multiple_of(16) || !args.width.is_multiple_of(16) {
+    if !(args.frames - 1).is_multiple_of(4)
+        || !args.height.is_multiple_of(16)
+        || !args.width.is_multiple_of(16)
+    {
         bail!("--frames must be 4k+1 and --height/--width multiples of 16");
     }
     let peak = matmul_peak(dtype)?;
@@ -159,13 +169,7 @@ fn report(part: &str, seconds: f64, flops: f64, peak_gflops: f64, args: &BenchAr
         "matmul_peak_gflops": peak_gflops,
         "preset": args.preset, "layers": layers, "dtype": args.dtype,
         "frames": args.frames, "height": args.height, "width": args.width, "text_len": args.text_len,
-        "threads": rayon_threads(),
+        "threads": candle_core::utils::get_num_threads(),
     });
     println!("{value}");
-}
-
-fn rayon_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
 }

@@ -380,3 +380,35 @@ fn init_info_and_generate_work_together() {
         .unwrap();
     assert_eq!(diff, 0.0);
 }
+
+#[test]
+fn a_hugging_face_cache_folder_works_as_model() {
+    // models--org--name/{refs/main, snapshots/HASH/…}: the layout of ~/.cache/huggingface/hub.
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("models--vidgen--tiny");
+    copy_dir(
+        &fixture().join("pipeline"),
+        &repo.join("snapshots").join("0123abc"),
+    );
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs").join("main"), "0123abc").unwrap();
+    let out = tmp.path().join("o.gif");
+    let o = vidgen(&[
+        "generate",
+        "a ball",
+        "--model",
+        repo.to_str().unwrap(),
+        "--frames",
+        "5",
+        "--height",
+        "32",
+        "--width",
+        "32",
+        "--steps",
+        "1",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.is_file());
+}

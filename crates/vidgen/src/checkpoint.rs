@@ -314,6 +314,53 @@ mod tests {
     }
 
     #[test]
+    fn sharded_weights_load_through_their_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let save = |name: &str, tensor: Tensor, file: &str| {
+            candle_core::safetensors::save(
+                &[(name.to_string(), tensor)].into_iter().collect(),
+                dir.path().join(file),
+            )
+            .unwrap();
+        };
+        save(
+            "a",
+            Tensor::ones(2, DType::F32, &Device::Cpu).unwrap(),
+            "m-00001-of-00002.safetensors",
+        );
+        save(
+            "b",
+            Tensor::zeros(3, DType::BF16, &Device::Cpu).unwrap(),
+            "m-00002-of-00002.safetensors",
+        );
+        // A stray file the index does not name must not be read.
+        save(
+            "c",
+            Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap(),
+            "stray.safetensors",
+        );
+        std::fs::write(
+            dir.path().join("m.safetensors.index.json"),
+            r#"{"metadata": {}, "weight_map": {"a": "m-00001-of-00002.safetensors", "b": "m-00002-of-00002.safetensors"}}"#,
+        )
+        .unwrap();
+        let weights = Weights::open(dir.path(), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(weights.names(), vec!["a".to_string(), "b".to_string()]);
+        // bf16 on disk, f32 as asked.
+        let b = weights.var_builder().get(3, "b").unwrap();
+        assert_eq!(b.dtype(), DType::F32);
+        std::fs::remove_file(dir.path().join("m-00002-of-00002.safetensors")).unwrap();
+        let err = Weights::open(dir.path(), DType::F32, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("listed in the shard index but missing"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn truncated_file_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let file = write_weights(dir.path());

@@ -82,12 +82,7 @@ pub fn describe(path: &Path) -> Result<ModelInfo> {
     let tokenizer = PromptTokenizer::from_file(dir.join("tokenizer/tokenizer.json"))?;
     let scheduler = class_name(&dir.join("scheduler/scheduler_config.json"))?;
     let (tf, sf) = crate::pipeline::vae_scale_factors(&v);
-    let defaults_path = dir.join("vidgen.json");
-    let defaults = if defaults_path.is_file() {
-        read_json(&defaults_path)?
-    } else {
-        ModelDefaults::default()
-    };
+    let defaults = ModelDefaults::load(&dir)?;
     Ok(ModelInfo {
         pipeline,
         family: "wan".into(),

@@ -101,10 +101,9 @@ mod tests {
 
     #[test]
     fn known_first_values_never_change() {
-        // Pinned so that a refactor cannot silently change every seed's video.
+        // Pinned (and computed independently in Python from the algorithm's definition) so that
+        // a refactor cannot silently change every seed's video.
         let v = NoiseRng::new(0).normals(2);
-        let again = NoiseRng::new(0).normals(2);
-        assert_eq!(v, again);
-        assert!(v.iter().all(|x| x.is_finite()));
+        assert_eq!(v, vec![-1.107_908_6_f32, 1.011_441_6_f32]);
     }
 }

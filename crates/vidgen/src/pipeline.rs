@@ -74,6 +74,18 @@ impl Default for ModelDefaults {
     }
 }
 
+impl ModelDefaults {
+    /// The defaults of the model folder `dir`: its `vidgen.json`, else diffusers'.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("vidgen.json");
+        if path.is_file() {
+            read_json(&path)
+        } else {
+            Ok(Self::default())
+        }
+    }
+}
+
 /// What to generate. `None` fields take the model's defaults.
 #[derive(Debug, Clone, Default)]
 pub struct GenerateRequest {
@@ -181,23 +193,27 @@ impl WanPipeline {
         let vae_cfg: AutoencoderKlWanConfig = read_config(&dir, "vae", "AutoencoderKLWan")?;
         vae_cfg.check()?;
         let text_cfg = Umt5Config::from_file(dir.join("text_encoder").join("config.json"))?;
-        if text_cfg.d_model != transformer_cfg.text_dim {
-            return Err(config_error(
-                "transformer",
-                format!(
-                    "text_dim {} does not match the text encoder's d_model {}",
-                    transformer_cfg.text_dim, text_cfg.d_model
-                ),
-            ));
-        }
-        if vae_cfg.z_dim != transformer_cfg.in_channels {
-            return Err(config_error(
-                "transformer",
-                format!(
-                    "in_channels {} does not match the VAE's z_dim {}",
-                    transformer_cfg.in_channels, vae_cfg.z_dim
-                ),
-            ));
+        // The components must fit together.
+        for (key, value, other, other_value) in [
+            (
+                "text_dim",
+                transformer_cfg.text_dim,
+                "the text encoder's d_model",
+                text_cfg.d_model,
+            ),
+            (
+                "in_channels",
+                transformer_cfg.in_channels,
+                "the VAE's z_dim",
+                vae_cfg.z_dim,
+            ),
+        ] {
+            if value != other_value {
+                return Err(config_error(
+                    "transformer",
+                    format!("{key} {value} does not match {other} {other_value}"),
+                ));
+            }
         }
         let tokenizer = PromptTokenizer::from_file(dir.join("tokenizer").join("tokenizer.json"))?;
         let scheduler_config = dir.join("scheduler").join("scheduler_config.json");
@@ -208,12 +224,7 @@ impl WanPipeline {
         for component in ["transformer", "vae", "text_encoder"] {
             crate::checkpoint::weight_files(&dir.join(component))?;
         }
-        let defaults_path = dir.join("vidgen.json");
-        let defaults = if defaults_path.is_file() {
-            read_json(&defaults_path)?
-        } else {
-            ModelDefaults::default()
-        };
+        let defaults = ModelDefaults::load(&dir)?;
         Ok(Self {
             dir,
             opts,

@@ -6,11 +6,14 @@
 //! distance 20), and the pipeline's token ids, masks and prompt embeddings at
 //! `max_sequence_length` 24.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use common::max_abs_diff;
 use vidgen::text::{clean_prompt, encode_prompts, PromptTokenizer, Umt5Config, Umt5EncoderModel};
 
 const TOLERANCE: f32 = 1e-4;
@@ -24,7 +27,7 @@ struct Fixture {
 
 impl Fixture {
     fn load() -> Self {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/wan");
+        let dir = common::fixture_dir();
         let json = std::fs::read_to_string(dir.join("reference.json"))
             .unwrap_or_else(|e| panic!("{}: {e}", dir.join("reference.json").display()));
         let tensors =
@@ -80,22 +83,6 @@ impl Fixture {
         let vb = VarBuilder::from_tensors(weights, dtype, &Device::Cpu);
         Umt5EncoderModel::new(&cfg, vb).unwrap()
     }
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    let a = a.to_dtype(DType::F32).unwrap();
-    let b = b.to_dtype(DType::F32).unwrap();
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]

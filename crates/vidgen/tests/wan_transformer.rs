@@ -1,33 +1,18 @@
 //! Parity of `WanTransformer3D` with diffusers 0.42.1 on the tiny fixture made by
 //! `tools/fixtures/wan.py`.
 
-use std::path::PathBuf;
+mod common;
 
 use candle_core::{DType, Device, Tensor};
+use common::{fixture_dir, max_abs_diff};
 use vidgen::checkpoint::{read_json, Weights};
 use vidgen::families::wan::config::WanTransformerConfig;
 use vidgen::families::wan::transformer::WanTransformer3D;
 
-fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/wan")
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 #[test]
 fn transformer_matches_diffusers() {
     let dir = fixture_dir();
-    let reference =
-        candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+    let reference = common::reference();
     let cfg: WanTransformerConfig =
         read_json(&dir.join("pipeline/transformer/config.json")).unwrap();
     let weights =
@@ -56,8 +41,7 @@ fn transformer_matches_diffusers() {
 #[test]
 fn bf16_weights_stay_close_to_f32() {
     let dir = fixture_dir();
-    let reference =
-        candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+    let reference = common::reference();
     let cfg: WanTransformerConfig =
         read_json(&dir.join("pipeline/transformer/config.json")).unwrap();
     let weights =

@@ -66,10 +66,11 @@ fn write_into(dir: &Path, preset: &WanPreset, seed: u64) -> Result<()> {
         }
     }
 
-    let mut transformer_json = serde_json::to_value(&preset.transformer).map_err(json_err)?;
-    transformer_json["_class_name"] = json!("WanTransformer3DModel");
-    transformer_json["_diffusers_version"] = json!(DIFFUSERS_VERSION);
-    write_json(&dir.join("transformer/config.json"), &transformer_json)?;
+    write_diffusers_config(
+        &dir.join("transformer/config.json"),
+        &preset.transformer,
+        "WanTransformer3DModel",
+    )?;
     let cfg = preset.transformer.clone();
     write_random_weights(
         &dir.join("transformer/diffusion_pytorch_model.safetensors"),
@@ -77,10 +78,11 @@ fn write_into(dir: &Path, preset: &WanPreset, seed: u64) -> Result<()> {
         |vb| WanTransformer3D::new(&cfg, vb).map(|_| ()),
     )?;
 
-    let mut vae_json = serde_json::to_value(&preset.vae).map_err(json_err)?;
-    vae_json["_class_name"] = json!("AutoencoderKLWan");
-    vae_json["_diffusers_version"] = json!(DIFFUSERS_VERSION);
-    write_json(&dir.join("vae/config.json"), &vae_json)?;
+    write_diffusers_config(
+        &dir.join("vae/config.json"),
+        &preset.vae,
+        "AutoencoderKLWan",
+    )?;
     let vae_cfg = preset.vae.clone();
     write_random_weights(
         &dir.join("vae/diffusion_pytorch_model.safetensors"),
@@ -123,6 +125,14 @@ fn write_into(dir: &Path, preset: &WanPreset, seed: u64) -> Result<()> {
 
 fn json_err(e: serde_json::Error) -> Error {
     Error::InvalidRequest(format!("cannot serialise config: {e}"))
+}
+
+/// A diffusers `config.json`: the config's fields plus `_class_name` and `_diffusers_version`.
+fn write_diffusers_config(path: &Path, config: &impl serde::Serialize, class: &str) -> Result<()> {
+    let mut value = serde_json::to_value(config).map_err(json_err)?;
+    value["_class_name"] = json!(class);
+    value["_diffusers_version"] = json!(DIFFUSERS_VERSION);
+    write_json(path, &value)
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
