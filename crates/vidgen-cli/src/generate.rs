@@ -157,10 +157,15 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         serde_json::json!({ "settings": generated.settings, "fps": fps, "model": pipeline.dir() });
     let sidecar = sidecar_path(&args.output);
     write_atomic(&sidecar, serde_json::to_string_pretty(&record)?.as_bytes())?;
+    let t = generated.timings;
     eprintln!(
-        "wrote {} ({f} frames, {w}x{h}, {fps} fps) in {:.1}s; settings in {}",
+        "wrote {} ({f} frames, {w}x{h}, {fps} fps) in {:.1}s (text encoder {:.1}s, denoise {:.1}s, \
+         VAE decode {:.1}s); settings in {}",
         args.output.display(),
         started.elapsed().as_secs_f64(),
+        t.text_encoder,
+        t.denoise,
+        t.vae_decode,
         sidecar.display()
     );
     Ok(())

@@ -1,5 +1,5 @@
 //! Model folders in the diffusers layout: finding them, reading their configs, and loading
-//! their weights memory-mapped with a record of which tensors were used.
+//! their weights tensor by tensor with a record of which tensors were used.
 //!
 //! ```text
 //! DIR/model_index.json            `_class_name` names the pipeline, hence the family
@@ -7,11 +7,12 @@
 //! DIR/vae/…  DIR/text_encoder/…  DIR/tokenizer/tokenizer.json  DIR/scheduler/scheduler_config.json
 //! ```
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
@@ -145,8 +146,15 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Memory-mapped weights of one component, recording which tensors the model asked for so
-/// that unused checkpoint tensors can be reported by name after loading.
+/// The weights of one component, read tensor by tensor from their safetensors files when the
+/// model asks for them, recording which were used so that unused checkpoint tensors can be
+/// reported by name after loading.
+///
+/// Tensors are read with plain positioned reads rather than through a memory map: candle's CPU
+/// tensors own their memory, so a mapped file would be copied anyway, and while the map is
+/// alive its touched pages count once more in the process's resident memory — twice the
+/// model's size at load. Reading one tensor at a time keeps the peak at the model plus one
+/// tensor; the kernel's page cache still makes a second load cheap.
 #[derive(Clone)]
 pub struct Weights {
     inner: Arc<TrackedTensors>,
@@ -155,8 +163,121 @@ pub struct Weights {
 }
 
 struct TrackedTensors {
-    tensors: MmapedSafetensors,
+    files: Vec<SafetensorsFile>,
+    /// Tensor name → (file index, entry).
+    index: HashMap<String, (usize, TensorEntry)>,
     used: Mutex<HashSet<String>>,
+}
+
+/// One tensor's place in its file.
+#[derive(Debug, Clone)]
+struct TensorEntry {
+    dtype: DType,
+    shape: Vec<usize>,
+    /// Byte range relative to the start of the data section.
+    start: u64,
+    end: u64,
+}
+
+struct SafetensorsFile {
+    path: PathBuf,
+    file: Mutex<File>,
+    data_start: u64,
+}
+
+/// Header limit, as the safetensors format sets it.
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// Reads and checks a safetensors header: every tensor's dtype, shape and byte range, all
+/// inside the file. A short file is reported as truncated.
+fn read_header(path: &Path) -> Result<(SafetensorsFile, Vec<(String, TensorEntry)>)> {
+    let bad = |reason: String| Error::BadWeights {
+        path: path.to_path_buf(),
+        reason: format!("not a readable safetensors file (truncated or corrupt?): {reason}"),
+    };
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut len_bytes = [0u8; 8];
+    file.read_exact(&mut len_bytes)
+        .map_err(|_| bad(format!("{file_len} bytes, shorter than a header")))?;
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > MAX_HEADER_BYTES || 8 + header_len > file_len {
+        return Err(bad(format!("header of {header_len} bytes in a file of {file_len}")));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| bad(format!("reading the header: {e}")))?;
+    let header: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("header is not JSON: {e}")))?;
+    let data_start = 8 + header_len;
+    let data_len = file_len - data_start;
+    let mut entries = Vec::with_capacity(header.len());
+    for (name, info) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let entry: RawEntry = serde_json::from_value(info)
+            .map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
+        let dtype = safetensors_dtype(&entry.dtype)
+            .ok_or_else(|| bad(format!("tensor `{name}` has unsupported dtype {}", entry.dtype)))?;
+        let [start, end] = entry.data_offsets;
+        let bytes = entry.shape.iter().product::<usize>() as u64 * dtype.size_in_bytes() as u64;
+        if end < start || end - start != bytes {
+            return Err(bad(format!("tensor `{name}`: byte range {start}..{end} for {bytes} bytes")));
+        }
+        if end > data_len {
+            return Err(bad(format!(
+                "tensor `{name}` ends at byte {end} of a data section of {data_len}"
+            )));
+        }
+        entries.push((
+            name,
+            TensorEntry {
+                dtype,
+                shape: entry.shape,
+                start,
+                end,
+            },
+        ));
+    }
+    Ok((
+        SafetensorsFile {
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+            data_start,
+        },
+        entries,
+    ))
+}
+
+#[derive(serde::Deserialize)]
+struct RawEntry {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: [u64; 2],
+}
+
+fn safetensors_dtype(name: &str) -> Option<DType> {
+    Some(match name {
+        "F32" => DType::F32,
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        "F64" => DType::F64,
+        "I64" => DType::I64,
+        "U32" => DType::U32,
+        "U8" => DType::U8,
+        _ => return None,
+    })
+}
+
+impl SafetensorsFile {
+    fn read(&self, entry: &TensorEntry) -> std::io::Result<Vec<u8>> {
+        let mut bytes = vec![0u8; (entry.end - entry.start) as usize];
+        let mut file = self.file.lock().expect("weights file lock poisoned");
+        file.seek(SeekFrom::Start(self.data_start + entry.start))?;
+        file.read_exact(&mut bytes)?;
+        Ok(bytes)
+    }
 }
 
 impl Weights {
@@ -168,25 +289,20 @@ impl Weights {
     }
 
     /// Opens the given safetensors files as one set of weights.
-    pub fn open_files(files: &[PathBuf], dtype: DType, device: &Device) -> Result<Self> {
-        for file in files {
-            // Validate each file on its own so the error names the broken one.
-            // SAFETY: the file is mapped read-only; a concurrent writer would corrupt the
-            // weights, as with any memory-mapped checkpoint loader.
-            unsafe { MmapedSafetensors::new(file) }.map_err(|e| Error::BadWeights {
-                path: file.clone(),
-                reason: format!("not a readable safetensors file (truncated or corrupt?): {e}"),
-            })?;
+    pub fn open_files(paths: &[PathBuf], dtype: DType, device: &Device) -> Result<Self> {
+        let mut files = Vec::with_capacity(paths.len());
+        let mut index = HashMap::new();
+        for path in paths {
+            let (file, entries) = read_header(path)?;
+            for (name, entry) in entries {
+                index.insert(name, (files.len(), entry));
+            }
+            files.push(file);
         }
-        // SAFETY: as above.
-        let tensors =
-            unsafe { MmapedSafetensors::multi(files) }.map_err(|e| Error::BadWeights {
-                path: files[0].clone(),
-                reason: e.to_string(),
-            })?;
         Ok(Self {
             inner: Arc::new(TrackedTensors {
-                tensors,
+                files,
+                index,
                 used: Mutex::new(HashSet::new()),
             }),
             dtype,
@@ -200,15 +316,9 @@ impl Weights {
         VarBuilder::from_backend(backend, self.dtype, self.device.clone())
     }
 
-    /// Names of all tensors in the files.
+    /// Names of all tensors in the files, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .inner
-            .tensors
-            .tensors()
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect();
+        let mut names: Vec<String> = self.inner.index.keys().cloned().collect();
         names.sort();
         names
     }
@@ -222,25 +332,51 @@ impl Weights {
             .collect()
     }
 
-    /// The dtype the weights are stored in (of the first tensor), if any.
-    pub fn stored_dtype(&self) -> Option<candle_core::DType> {
-        let tensors = self.inner.tensors.tensors();
-        let (_, view) = tensors.first()?;
-        candle_core::DType::try_from(view.dtype()).ok()
+    /// The dtype most of the parameters are stored in, if there are any.
+    pub fn stored_dtype(&self) -> Option<DType> {
+        let mut counts: HashMap<DType, usize> = HashMap::new();
+        for (_, entry) in self.inner.index.values() {
+            *counts.entry(entry.dtype).or_default() += entry.shape.iter().product::<usize>();
+        }
+        counts.into_iter().max_by_key(|&(_, n)| n).map(|(d, _)| d)
     }
 
     /// Total number of parameters stored.
     pub fn parameter_count(&self) -> usize {
         self.inner
-            .tensors
-            .tensors()
-            .iter()
-            .map(|(_, v)| v.shape().iter().product::<usize>())
+            .index
+            .values()
+            .map(|(_, e)| e.shape.iter().product::<usize>())
             .sum()
     }
 }
 
 struct TrackedBackend(Arc<TrackedTensors>);
+
+impl TrackedBackend {
+    fn entry(&self, name: &str) -> candle_core::Result<&(usize, TensorEntry)> {
+        self.0
+            .index
+            .get(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("missing weight `{name}`")))
+    }
+
+    fn load(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let (file_index, entry) = self.entry(name)?;
+        let file = &self.0.files[*file_index];
+        let bytes = file.read(entry).map_err(|e| {
+            candle_core::Error::Msg(format!("reading `{name}` from {}: {e}", file.path.display()))
+        })?;
+        let tensor = Tensor::from_raw_buffer(&bytes, entry.dtype, &entry.shape, &Device::Cpu)?;
+        drop(bytes);
+        self.0
+            .used
+            .lock()
+            .expect("weights lock poisoned")
+            .insert(name.to_owned());
+        tensor.to_dtype(dtype)?.to_device(dev)
+    }
+}
 
 impl SimpleBackend for TrackedBackend {
     fn get(
@@ -251,33 +387,24 @@ impl SimpleBackend for TrackedBackend {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let tensor = self.get_unchecked(name, dtype, dev)?;
-        if tensor.shape() != &shape {
+        // Check the shape from the header before reading any data.
+        let (_, entry) = self.entry(name)?;
+        if entry.shape.as_slice() != shape.dims() {
             candle_core::bail!(
                 "weight `{name}` has shape {:?} but this model config needs {:?}",
-                tensor.dims(),
+                entry.shape,
                 shape.dims()
             )
         }
-        Ok(tensor)
+        self.load(name, dtype, dev)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let tensor = self
-            .0
-            .tensors
-            .load(name, dev)
-            .map_err(|_| candle_core::Error::Msg(format!("missing weight `{name}`")))?;
-        self.0
-            .used
-            .lock()
-            .expect("weights lock poisoned")
-            .insert(name.to_owned());
-        tensor.to_dtype(dtype)
+        self.load(name, dtype, dev)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.0.tensors.get(name).is_ok()
+        self.0.index.contains_key(name)
     }
 }
 

@@ -125,6 +125,16 @@ pub struct Generated {
     /// The denoised latents `(1, C, T, H, W)`, before VAE decoding.
     pub latents: Tensor,
     pub settings: Settings,
+    /// Wall-clock seconds of each stage, components' loading included.
+    pub timings: Timings,
+}
+
+/// Seconds spent in each stage of a generation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Timings {
+    pub text_encoder: f64,
+    pub denoise: f64,
+    pub vae_decode: f64,
 }
 
 /// Which stage a progress report is about.
@@ -343,6 +353,13 @@ impl WanPipeline {
             .transformer_cfg
             .patch()
             .map_err(Error::InvalidRequest)?;
+        if latent.2 % pt != 0 {
+            return bad(format!(
+                "this model's temporal patch is {pt} latent frames, so the latent frame count \
+                 (frames - 1) / {tf} + 1 must be a multiple of {pt}; {num_frames} frames give {}",
+                latent.2
+            ));
+        }
         let grid = [latent.2 / pt, latent.3 / ph, latent.4 / pw];
         let max = self.transformer_cfg.rope_max_seq_len;
         if grid.iter().any(|&g| g > max) {
@@ -390,7 +407,13 @@ impl WanPipeline {
         if do_cfg {
             prompts.push(settings.negative_prompt.as_str());
         }
+        let clock = std::time::Instant::now();
         let text_states = self.encode_text(&prompts, settings.max_sequence_length)?;
+        let mut timings = Timings {
+            text_encoder: clock.elapsed().as_secs_f64(),
+            ..Timings::default()
+        };
+        let clock = std::time::Instant::now();
 
         // 2. Initial noise (1, C, T, H, W): the caller's, or vidgen's seeded generator.
         let mut latents = match &req.latents {
@@ -431,13 +454,17 @@ impl WanPipeline {
         if !self.opts.keep_loaded {
             self.transformer = None;
         }
+        timings.denoise = clock.elapsed().as_secs_f64();
 
         // 4. Decode: un-normalise per channel, decode, map [-1, 1] to [0, 1].
+        let clock = std::time::Instant::now();
         let frames = self.decode(&latents, progress)?;
+        timings.vae_decode = clock.elapsed().as_secs_f64();
         Ok(Generated {
             frames,
             latents,
             settings,
+            timings,
         })
     }
 
