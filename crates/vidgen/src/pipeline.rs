@@ -289,7 +289,7 @@ impl WanPipeline {
                         l.shape()
                     ))
                 })?;
-                if b != 1 || c != self.transformer_cfg.in_channels {
+                if b != 1 || c != self.transformer_cfg.in_channels || t * h * w == 0 {
                     return Err(Error::InvalidRequest(format!(
                         "latents must be (1, {}, T, H, W), got {:?}",
                         self.transformer_cfg.in_channels,

@@ -180,7 +180,8 @@ pub fn random_weights(
             .and_then(|prefix| shapes.get(&format!("{prefix}weight")));
         let fan_in_dims = weight_dims.map_or(var.dims(), |d| d.as_slice());
         let value = initial_value(name, var.dims(), fan_in_dims, rng)?;
-        var.set(&value.to_dtype(dtype)?)?;
+        // Each var keeps the dtype the model asked for (some parts stay f32 in any model dtype).
+        var.set(&value.to_dtype(var.dtype())?)?;
     }
     Ok(varmap)
 }
