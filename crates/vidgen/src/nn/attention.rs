@@ -15,6 +15,20 @@ const SCORE_BUDGET_BYTES: usize = 128 << 20;
 /// the result has `q`'s dtype. Query rows are split into blocks so that one block's scores stay
 /// under a fixed budget, which keeps memory O(N·M/blocks) rather than O(N·M).
 pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    scaled_dot_product_attention_with_bias(q, k, v, None)
+}
+
+/// [`scaled_dot_product_attention`] with an optional additive bias on the scores,
+/// `softmax(q·kᵀ / √d + bias) · v`, as PyTorch's SDPA with a float `attn_mask`.
+///
+/// * `bias` — broadcastable to `(B, H, N, M)` with each of its dims either full or 1, e.g.
+///   `(B, 1, 1, M)` for a key-padding mask (`0` keeps a key, a large negative drops it).
+pub fn scaled_dot_product_attention_with_bias(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
     let (b, h, n, d) = q.dims4()?;
     let (kb, kh, m, kd) = k.dims4()?;
     if (kb, kh, kd) != (b, h, d) || v.dims4()? != (b, h, m, d) {
@@ -25,6 +39,20 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Resul
             v.shape()
         )
     }
+    let bias = match bias {
+        None => None,
+        Some(bias) => {
+            let (bb, bh, bn, bm) = bias.dims4()?;
+            let fits = |got: usize, want: usize| got == want || got == 1;
+            if !(fits(bb, b) && fits(bh, h) && fits(bn, n) && bm == m) {
+                bail!(
+                    "attention bias must broadcast to (B, H, N, M) = ({b}, {h}, {n}, {m}), got {:?}",
+                    bias.shape()
+                )
+            }
+            Some(bias.to_dtype(DType::F32)?)
+        }
+    };
     let dtype = q.dtype();
     let scale = 1.0 / (d as f64).sqrt();
     let q = q.to_dtype(DType::F32)?;
@@ -37,7 +65,15 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Resul
     while start < n {
         let len = block.min(n - start);
         let q_blk = q.narrow(2, start, len)?.contiguous()?;
-        let scores = (q_blk.matmul(&kt)? * scale)?; // (B, H, len, M)
+        let mut scores = (q_blk.matmul(&kt)? * scale)?; // (B, H, len, M)
+        if let Some(bias) = &bias {
+            let bias_blk = if bias.dim(2)? == 1 {
+                bias.clone()
+            } else {
+                bias.narrow(2, start, len)?
+            };
+            scores = scores.broadcast_add(&bias_blk)?;
+        }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         outputs.push(probs.matmul(&v)?); // (B, H, len, d)
         start += len;
@@ -72,6 +108,24 @@ mod tests {
         let want = naive_attention(&q, &k, &v)?;
         let err = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(err < 1e-5, "max abs error {err}");
+        Ok(())
+    }
+
+    #[test]
+    fn key_padding_bias_equals_dropping_the_keys() -> Result<()> {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1., (2, 3, 5, 8), &dev)?;
+        let k = Tensor::randn(0f32, 1., (2, 3, 7, 8), &dev)?;
+        let v = Tensor::randn(0f32, 1., (2, 3, 7, 8), &dev)?;
+        // Keep the first 4 keys of every sample.
+        let keep: Vec<f32> = (0..7).map(|j| if j < 4 { 0. } else { -1e4 }).collect();
+        let bias = Tensor::new(keep, &dev)?.reshape((1, 1, 1, 7))?;
+        let got = scaled_dot_product_attention_with_bias(&q, &k, &v, Some(&bias))?;
+        let want = naive_attention(&q, &k.narrow(2, 0, 4)?, &v.narrow(2, 0, 4)?)?;
+        let err = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err < 1e-5, "max abs error {err}");
+        let wrong = Tensor::zeros((1, 1, 1, 6), DType::F32, &dev)?;
+        assert!(scaled_dot_product_attention_with_bias(&q, &k, &v, Some(&wrong)).is_err());
         Ok(())
     }
 

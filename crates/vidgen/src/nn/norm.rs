@@ -20,6 +20,14 @@ impl RmsNorm {
             eps: eps as f32,
         })
     }
+
+    /// Without a learned scale (diffusers' `RMSNorm(elementwise_affine=False)`): weight 1.
+    pub fn without_weight(dim: usize, eps: f64, device: &candle_core::Device) -> Result<Self> {
+        Ok(Self {
+            weight: Tensor::ones(dim, DType::F32, device)?,
+            eps: eps as f32,
+        })
+    }
 }
 
 impl Module for RmsNorm {

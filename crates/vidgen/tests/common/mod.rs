@@ -30,3 +30,17 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+
+/// `tests/fixtures/<family>` of the repository (made by `tools/fixtures/<family>.py`).
+#[allow(dead_code)]
+pub fn family_fixture_dir(family: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../../tests/fixtures/{family}"))
+}
+
+/// The reference tensors diffusers computed for the fixture of `family`.
+#[allow(dead_code)]
+pub fn family_reference(family: &str) -> HashMap<String, Tensor> {
+    let path = family_fixture_dir(family).join("reference.safetensors");
+    candle_core::safetensors::load(&path, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
