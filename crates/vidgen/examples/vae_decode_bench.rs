@@ -5,9 +5,12 @@
 //! `... -- conv` compares ways of computing a causal 3x3x3 conv at decoder sizes.
 //! Run under `/usr/bin/time -v` for the peak RSS.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use vidgen::families::wan::vae::{AutoencoderKlWan, AutoencoderKlWanConfig};
 use vidgen::nn::conv3d::Conv3d;
 
 fn main() -> Result<()> {
@@ -37,7 +40,9 @@ fn best_of(n: usize, mut f: impl FnMut() -> Result<Tensor>) -> Result<f64> {
 /// (the two cached frames in front), `c` channels in and out, 3x3x3 kernel.
 fn bench_convs() -> Result<()> {
     let dev = Device::Cpu;
-    println!("shape                      | conv2d/tap | conv2d(3C) | im2col+mm  | matmul only | GFLOP");
+    println!(
+        "shape                      | conv2d/tap | conv2d(3C) | im2col+mm  | matmul only | GFLOP"
+    );
     for &(c, h, t_out) in &[
         (384, 32, 1),
         (384, 64, 1),
@@ -73,7 +78,10 @@ fn bench_convs() -> Result<()> {
 
         // (b) candle conv2d with the three frames stacked as 3C input channels
         // (C_out, C_in, kt, kh, kw) -> (C_out, kt C_in, kh, kw)
-        let k3 = weight.permute((0, 2, 1, 3, 4))?.contiguous()?.reshape((c, 3 * c, 3, 3))?;
+        let k3 = weight
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()?
+            .reshape((c, 3 * c, 3, 3))?;
         let stacked = best_of(2, || {
             let outs = (0..t_out)
                 .map(|t| {
@@ -93,7 +101,9 @@ fn bench_convs() -> Result<()> {
         let a = Tensor::randn(0f32, 1.0, (h * w, 27 * c), &dev)?;
         let bm = Tensor::randn(0f32, 1.0, (27 * c, c), &dev)?;
         let mm = best_of(2, || {
-            let outs = (0..t_out).map(|_| a.matmul(&bm)).collect::<Result<Vec<_>>>()?;
+            let outs = (0..t_out)
+                .map(|_| a.matmul(&bm))
+                .collect::<Result<Vec<_>>>()?;
             Ok(outs.into_iter().next().unwrap())
         })?;
         println!(
@@ -110,6 +120,53 @@ fn bench_convs() -> Result<()> {
 
 /// Decodes a random latent with the real Wan2.1 VAE sizes and random weights.
 fn bench_decode(frames: usize, height: usize, width: usize) -> Result<()> {
-    let _ = (frames, height, width);
-    candle_core::bail!("decode bench: the VAE is not written yet")
+    let dev = Device::Cpu;
+    let cfg = AutoencoderKlWanConfig::default(); // Wan2.1: base_dim 96, z_dim 16, [1, 2, 4, 4]
+                                                 // register every weight, then give each a fan-in scaled random value and build again
+    let varmap = VarMap::new();
+    AutoencoderKlWan::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
+    let mut weights = HashMap::new();
+    for (name, var) in varmap.data().lock().expect("varmap").iter() {
+        let shape = var.shape().clone();
+        let value = if name.ends_with("gamma") {
+            Tensor::ones(&shape, DType::F32, &dev)?
+        } else if name.ends_with("bias") {
+            (Tensor::randn(0f32, 1.0, &shape, &dev)? * 0.01)?
+        } else {
+            let fan_in = shape.elem_count() / shape.dims()[0];
+            (Tensor::randn(0f32, 1.0, &shape, &dev)? / (fan_in as f64).sqrt())?
+        };
+        // plain tensors, not `Var`s: ops on variables record a graph for backprop
+        weights.insert(name.clone(), value.detach());
+    }
+    let vae = AutoencoderKlWan::new(&cfg, VarBuilder::from_tensors(weights, DType::F32, &dev))?;
+    let t = (frames - 1) / 4 + 1;
+    let z = Tensor::randn(0f32, 1.0, (1, cfg.z_dim, t, height / 8, width / 8), &dev)?;
+    let t0 = Instant::now();
+    let video = vae.decode_with_progress(&z, &mut |i, n| {
+        eprintln!(
+            "latent frame {i}/{n} at {:.1} s, RSS {:.2} GB",
+            t0.elapsed().as_secs_f64(),
+            rss_gb()
+        )
+    })?;
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "decode {:?} -> {:?}: {secs:.2} s ({} threads)",
+        z.dims(),
+        video.dims(),
+        rayon::current_num_threads()
+    );
+    Ok(())
+}
+
+/// Current resident set size in GB (Linux), for progress lines.
+fn rss_gb() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    pages * 4096.0 / 1e9
 }

@@ -209,7 +209,11 @@ impl Conv3d {
                 .iter()
                 .map(|p| {
                     let tp = p.dim(0)?;
-                    pad_hw(p, (pad.h.0, pad.h.1 + spare), pad.w)?.reshape((tp, (hp + spare) * wp, c))
+                    pad_hw(p, (pad.h.0, pad.h.1 + spare), pad.w)?.reshape((
+                        tp,
+                        (hp + spare) * wp,
+                        c,
+                    ))
                 })
                 .collect::<Result<Vec<_>>>()?;
             (TapSource::Grid(flat), wp)
@@ -219,15 +223,16 @@ impl Conv3d {
                 w_out,
             )
         };
-        let tap_row = |frame: usize, dy: usize, dx: usize, y0: usize, rows: usize| -> Result<Tensor> {
-            match &taps {
-                TapSource::Grid(flat) => {
-                    let (part, t) = locate(flat, frame)?;
-                    part.i(t)?.narrow(0, (y0 + dy) * wp + dx, rows)
+        let tap_row =
+            |frame: usize, dy: usize, dx: usize, y0: usize, rows: usize| -> Result<Tensor> {
+                match &taps {
+                    TapSource::Grid(flat) => {
+                        let (part, t) = locate(flat, frame)?;
+                        part.i(t)?.narrow(0, (y0 + dy) * wp + dx, rows)
+                    }
+                    TapSource::Gathered(g) => g[frame][dy * kw + dx].narrow(0, y0 * grid_w, rows),
                 }
-                TapSource::Gathered(g) => g[frame][dy * kw + dx].narrow(0, y0 * grid_w, rows),
-            }
-        };
+            };
 
         // 2. Bands of output rows, each with one im2col matrix (rows, T_in kh kw C) and one
         //    matmul per output frame over the column window of the frames it reads.
@@ -262,9 +267,11 @@ impl Conv3d {
                 if !on_cpu {
                     lhs = lhs.contiguous()?; // cuBLAS / MPS want dense operands
                 }
-                let rhs = self.w_mat.narrow(0, (lo - first) * tap_k, (hi - lo) * tap_k)?;
+                let rhs = self
+                    .w_mat
+                    .narrow(0, (lo - first) * tap_k, (hi - lo) * tap_k)?;
                 let y = lhs.matmul(&rhs)?; // (n, C_out)
-                // (rows grid_w) c -> rows grid_w c, keep the w_out valid columns
+                                           // (rows grid_w) c -> rows grid_w c, keep the w_out valid columns
                 outs.push(y.reshape((rows_here, grid_w, c_out))?.narrow(1, 0, w_out)?);
             }
             y0 += rows_here;
@@ -304,7 +311,11 @@ fn locate(parts: &[Tensor], mut f: usize) -> Result<(&Tensor, usize)> {
 }
 
 /// Zero-pads `(T, H, W, C)` to `(T, H + top + bottom, W + left + right, C)` with two copies.
-pub(crate) fn pad_hw(x: &Tensor, (top, bottom): (usize, usize), (left, right): (usize, usize)) -> Result<Tensor> {
+pub(crate) fn pad_hw(
+    x: &Tensor,
+    (top, bottom): (usize, usize),
+    (left, right): (usize, usize),
+) -> Result<Tensor> {
     let (t, h, w, c) = x.dims4()?;
     let (dt, dev) = (x.dtype(), x.device());
     let mut x = x.contiguous()?;
@@ -449,7 +460,7 @@ pub fn next_cache(x: &Tensor, prev: Option<&Tensor>) -> Result<Tensor> {
             let tp = prev.dim(1)?;
             Tensor::cat(&[&prev.narrow(1, tp - 1, 1)?, &tail], 1)
         }
-        _ => tail.contiguous(),
+        _ => tail.force_contiguous(),
     }
 }
 
@@ -470,13 +481,24 @@ pub fn conv3d_naive(
     let (b, c_in, t, h, w) = x.dims5()?;
     let (c_out, _, kt, kh, kw) = weight.dims5()?;
     let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    let ws = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let ws = weight
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
     let bs = match bias {
         Some(b) => b.to_dtype(DType::F32)?.to_vec1::<f32>()?,
         None => vec![0.0; c_out],
     };
-    let (tp, hp, wp) = (t + pad.t.0 + pad.t.1, h + pad.h.0 + pad.h.1, w + pad.w.0 + pad.w.1);
-    let (to, ho, wo) = ((tp - kt) / stride.0 + 1, (hp - kh) / stride.1 + 1, (wp - kw) / stride.2 + 1);
+    let (tp, hp, wp) = (
+        t + pad.t.0 + pad.t.1,
+        h + pad.h.0 + pad.h.1,
+        w + pad.w.0 + pad.w.1,
+    );
+    let (to, ho, wo) = (
+        (tp - kt) / stride.0 + 1,
+        (hp - kh) / stride.1 + 1,
+        (wp - kw) / stride.2 + 1,
+    );
     let at = |bi: usize, ci: usize, ti: isize, yi: isize, xi: isize| -> f32 {
         if ti < 0 || yi < 0 || xi < 0 || ti >= t as isize || yi >= h as isize || xi >= w as isize {
             return 0.0;
@@ -497,7 +519,8 @@ pub fn conv3d_naive(
                                         let ti = (ot * stride.0 + dt) as isize - pad.t.0 as isize;
                                         let yi = (oy * stride.1 + dy) as isize - pad.h.0 as isize;
                                         let xi = (ox * stride.2 + dx) as isize - pad.w.0 as isize;
-                                        let wv = ws[(((co * c_in + ci) * kt + dt) * kh + dy) * kw + dx];
+                                        let wv =
+                                            ws[(((co * c_in + ci) * kt + dt) * kh + dy) * kw + dx];
                                         acc += (wv * at(bi, ci, ti, yi, xi)) as f64;
                                     }
                                 }
@@ -520,10 +543,14 @@ mod tests {
     fn rand(shape: &[usize], seed: u64) -> Result<Tensor> {
         // a small LCG keeps the test independent of candle's RNG
         let n: usize = shape.iter().product();
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let v: Vec<f32> = (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect();
@@ -532,7 +559,11 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
         assert_eq!(a.dims(), b.dims());
-        (a - b)?.abs()?.flatten_all()?.max(D::Minus1)?.to_scalar::<f32>()
+        (a - b)?
+            .abs()?
+            .flatten_all()?
+            .max(D::Minus1)?
+            .to_scalar::<f32>()
     }
 
     #[test]
@@ -578,7 +609,12 @@ mod tests {
         let x = rand(&[1, 3, 4, 5, 6], 11)?;
         let wt = rand(&[2, 3, 3, 3, 3], 12)?;
         let b = rand(&[2], 13)?;
-        let conv = CausalConv3d::new(Conv3d::new(wt.clone(), Some(b.clone()), (1, 1, 1), (1, 1, 1))?);
+        let conv = CausalConv3d::new(Conv3d::new(
+            wt.clone(),
+            Some(b.clone()),
+            (1, 1, 1),
+            (1, 1, 1),
+        )?);
         let got = conv.forward(&x, None)?;
         let pad = Padding3d {
             t: (2, 0),
@@ -615,7 +651,10 @@ mod tests {
     #[test]
     fn bad_input_channels_are_an_error() -> Result<()> {
         let conv = Conv3d::new(rand(&[2, 3, 1, 1, 1], 1)?, None, (1, 1, 1), (0, 0, 0))?;
-        let err = conv.forward(&rand(&[1, 4, 1, 2, 2], 2)?).unwrap_err().to_string();
+        let err = conv
+            .forward(&rand(&[1, 4, 1, 2, 2], 2)?)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("(B, T, H, W, C)"), "{err}");
         Ok(())
     }

@@ -101,7 +101,8 @@ pub(crate) struct ResidualBlock {
 
 impl ResidualBlock {
     pub(crate) fn load(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
-        let conv3 = |vb, c_in, c_out| CausalConv3d::load(vb, c_in, c_out, (3, 3, 3), (1, 1, 1), (1, 1, 1));
+        let conv3 =
+            |vb, c_in, c_out| CausalConv3d::load(vb, c_in, c_out, (3, 3, 3), (1, 1, 1), (1, 1, 1));
         let conv_shortcut = if in_dim != out_dim {
             Some(CausalConv3d::load(
                 vb.pp("conv_shortcut"),
@@ -154,7 +155,11 @@ impl AttentionBlock {
     pub(crate) fn load(vb: VarBuilder, dim: usize) -> Result<Self> {
         let linear = |vb: VarBuilder, c_out: usize| -> Result<(Tensor, Tensor)> {
             // (C_out, C_in, 1, 1) -> (C_in, C_out)
-            let w = vb.get((c_out, dim, 1, 1), "weight")?.reshape((c_out, dim))?.t()?.contiguous()?;
+            let w = vb
+                .get((c_out, dim, 1, 1), "weight")?
+                .reshape((c_out, dim))?
+                .t()?
+                .contiguous()?;
             Ok((w, vb.get(c_out, "bias")?))
         };
         let (to_qkv_w, to_qkv_b) = linear(vb.pp("to_qkv"), 3 * dim)?;
@@ -183,7 +188,9 @@ impl AttentionBlock {
                 let k = qkv.narrow(1, c, c)?.t()?.contiguous()?; // (C, N)
                 let v = qkv.narrow(1, 2 * c, c)?.contiguous()?;
                 let attn = candle_nn::ops::softmax_last_dim(&(q.matmul(&k)? * scale)?)?; // (N, N)
-                attn.matmul(&v)?.matmul(&self.proj_w)?.broadcast_add(&self.proj_b)
+                attn.matmul(&v)?
+                    .matmul(&self.proj_w)?
+                    .broadcast_add(&self.proj_b)
             })
             .collect::<Result<Vec<_>>>()?;
         Tensor::stack(&frames, 0)?.reshape((b, t, h, w, c))? + x
@@ -216,14 +223,32 @@ impl Resample {
             ResampleMode::Upsample2d | ResampleMode::Upsample3d => {
                 let conv = Conv3d::load_2d(vb.pp("resample.1"), dim, dim / 2, 3, 1, 1)?;
                 let time = (mode == ResampleMode::Upsample3d)
-                    .then(|| CausalConv3d::load(vb.pp("time_conv"), dim, 2 * dim, (3, 1, 1), (1, 1, 1), (1, 0, 0)))
+                    .then(|| {
+                        CausalConv3d::load(
+                            vb.pp("time_conv"),
+                            dim,
+                            2 * dim,
+                            (3, 1, 1),
+                            (1, 1, 1),
+                            (1, 0, 0),
+                        )
+                    })
                     .transpose()?;
                 (conv, time)
             }
             ResampleMode::Downsample2d | ResampleMode::Downsample3d => {
                 let conv = Conv3d::load_2d(vb.pp("resample.1"), dim, dim, 3, 2, 0)?;
                 let time = (mode == ResampleMode::Downsample3d)
-                    .then(|| CausalConv3d::load(vb.pp("time_conv"), dim, dim, (3, 1, 1), (2, 1, 1), (0, 0, 0)))
+                    .then(|| {
+                        CausalConv3d::load(
+                            vb.pp("time_conv"),
+                            dim,
+                            dim,
+                            (3, 1, 1),
+                            (2, 1, 1),
+                            (0, 0, 0),
+                        )
+                    })
                     .transpose()?;
                 (conv, time)
             }
@@ -280,7 +305,7 @@ fn upsample_time(time_conv: &CausalConv3d, x: &Tensor, cache: &mut FeatCache) ->
             *slot = Slot::Frames(if t < CACHE_T {
                 Tensor::cat(&[&tail.zeros_like()?, &tail], 1)?
             } else {
-                tail.contiguous()?
+                tail.force_contiguous()?
             });
             time_conv.forward_cl(x, None)?
         }
@@ -303,12 +328,14 @@ fn upsample_time(time_conv: &CausalConv3d, x: &Tensor, cache: &mut FeatCache) ->
 fn downsample_time(time_conv: &CausalConv3d, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
     let slot = cache.next_slot();
     let t = x.dim(1)?;
-    let last = x.narrow(1, t - 1, 1)?.contiguous()?;
+    let last = x.narrow(1, t - 1, 1)?.force_contiguous()?;
     match std::mem::replace(slot, Slot::Frames(last)) {
         Slot::Frames(prev) => {
             let tp = prev.dim(1)?;
             let prev_last = prev.narrow(1, tp - 1, 1)?;
-            time_conv.conv().forward_cl_padded(&[&prev_last, x], Padding3d::default())
+            time_conv
+                .conv()
+                .forward_cl_padded(&[&prev_last, x], Padding3d::default())
         }
         _ => Ok(x.clone()),
     }
@@ -385,8 +412,12 @@ pub(crate) struct Dims<'a> {
 
 impl Encoder3d {
     pub(crate) fn load(vb: VarBuilder, d: &Dims) -> Result<Self> {
-        let conv3 = |vb, c_in, c_out| CausalConv3d::load(vb, c_in, c_out, (3, 3, 3), (1, 1, 1), (1, 1, 1));
-        let dims: Vec<usize> = std::iter::once(1).chain(d.dim_mult.iter().copied()).map(|m| m * d.base).collect();
+        let conv3 =
+            |vb, c_in, c_out| CausalConv3d::load(vb, c_in, c_out, (3, 3, 3), (1, 1, 1), (1, 1, 1));
+        let dims: Vec<usize> = std::iter::once(1)
+            .chain(d.dim_mult.iter().copied())
+            .map(|m| m * d.base)
+            .collect();
         let mut down_blocks = Vec::new();
         let mut scale = 1.0;
         let vbd = vb.pp("down_blocks");
@@ -394,10 +425,17 @@ impl Encoder3d {
             let (mut in_dim, out_dim) = (pair[0], pair[1]);
             for _ in 0..d.num_res_blocks {
                 let idx = down_blocks.len();
-                down_blocks.push(DownLayer::Residual(ResidualBlock::load(vbd.pp(idx), in_dim, out_dim)?));
+                down_blocks.push(DownLayer::Residual(ResidualBlock::load(
+                    vbd.pp(idx),
+                    in_dim,
+                    out_dim,
+                )?));
                 if d.attn_scales.contains(&scale) {
                     let idx = down_blocks.len();
-                    down_blocks.push(DownLayer::Attention(AttentionBlock::load(vbd.pp(idx), out_dim)?));
+                    down_blocks.push(DownLayer::Attention(AttentionBlock::load(
+                        vbd.pp(idx),
+                        out_dim,
+                    )?));
                 }
                 in_dim = out_dim;
             }
@@ -408,7 +446,11 @@ impl Encoder3d {
                     ResampleMode::Downsample2d
                 };
                 let idx = down_blocks.len();
-                down_blocks.push(DownLayer::Resample(Resample::load(vbd.pp(idx), out_dim, mode)?));
+                down_blocks.push(DownLayer::Resample(Resample::load(
+                    vbd.pp(idx),
+                    out_dim,
+                    mode,
+                )?));
                 scale /= 2.0;
             }
         }
@@ -458,7 +500,8 @@ pub(crate) struct Decoder3d {
 impl Decoder3d {
     /// `d.in_channels` is the decoder's output channel count here.
     pub(crate) fn load(vb: VarBuilder, d: &Dims) -> Result<Self> {
-        let conv3 = |vb, c_in, c_out| CausalConv3d::load(vb, c_in, c_out, (3, 3, 3), (1, 1, 1), (1, 1, 1));
+        let conv3 =
+            |vb, c_in, c_out| CausalConv3d::load(vb, c_in, c_out, (3, 3, 3), (1, 1, 1), (1, 1, 1));
         let last = *d.dim_mult.last().unwrap_or(&1);
         let dims: Vec<usize> = std::iter::once(last)
             .chain(d.dim_mult.iter().rev().copied())
@@ -471,7 +514,13 @@ impl Decoder3d {
             let out_dim = pair[1];
             let vbu = vb.pp("up_blocks").pp(i);
             let resnets = (0..=d.num_res_blocks)
-                .map(|j| ResidualBlock::load(vbu.pp("resnets").pp(j), if j == 0 { in_dim } else { out_dim }, out_dim))
+                .map(|j| {
+                    ResidualBlock::load(
+                        vbu.pp("resnets").pp(j),
+                        if j == 0 { in_dim } else { out_dim },
+                        out_dim,
+                    )
+                })
                 .collect::<Result<Vec<_>>>()?;
             let upsampler = if i != d.dim_mult.len() - 1 {
                 let mode = if d.temporal[i] {
