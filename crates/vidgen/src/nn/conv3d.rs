@@ -20,7 +20,7 @@ use candle_nn::VarBuilder;
 pub const CACHE_T: usize = 2;
 
 /// Most im2col elements built at once (per band of output rows); bounds the conv's scratch memory.
-const IM2COL_BUDGET: usize = 1 << 23;
+const IM2COL_BUDGET: usize = 1 << 22;
 
 /// Zero padding `(before, after)` on each convolved axis.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -128,6 +128,11 @@ impl Conv3d {
         &self.weight
     }
 
+    /// The `(C_out,)` bias.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
     /// `(kt, kh, kw)`.
     pub fn kernel(&self) -> (usize, usize, usize) {
         self.kernel
@@ -175,14 +180,10 @@ impl Conv3d {
                 self.conv_one(&frames, pad)
             })
             .collect::<Result<Vec<_>>>()?;
-        let y = Tensor::stack(&outs, 0)?;
-        match &self.bias {
-            Some(bias) => y.broadcast_add(bias),
-            None => Ok(y),
-        }
+        Tensor::stack(&outs, 0)
     }
 
-    /// One batch element: `parts` each `(T_i, H, W, C_in)` -> `(T', H', W', C_out)`, no bias.
+    /// One batch element: `parts` each `(T_i, H, W, C_in)` -> `(T', H', W', C_out)`.
     fn conv_one(&self, parts: &[&Tensor], pad: Padding3d) -> Result<Tensor> {
         let (kt, kh, kw) = self.kernel;
         let (st, sh, sw) = self.stride;
@@ -238,49 +239,66 @@ impl Conv3d {
         //    matmul per output frame over the column window of the frames it reads.
         let tap_k = kh * kw * c;
         let band_rows = (IM2COL_BUDGET / (grid_w * t_in * tap_k).max(1)).clamp(1, h_out);
-        let mut pieces: Vec<Tensor> = Vec::new();
-        let mut band_outs: Vec<Vec<Tensor>> = vec![Vec::new(); t_out];
-        let on_cpu = self.w_mat.device().is_cpu();
-        let mut y0 = 0;
-        while y0 < h_out {
+        let im2col = |y0: usize| -> Result<(usize, usize, Tensor)> {
             let rows_here = band_rows.min(h_out - y0);
-            let n = rows_here * grid_w;
             let mut cols = Vec::with_capacity(t_in * kh * kw);
             for f in 0..t_in {
                 for dy in 0..kh {
                     for dx in 0..kw {
-                        cols.push(tap_row(f, dy, dx, y0, n)?);
+                        cols.push(tap_row(f, dy, dx, y0, rows_here * grid_w)?);
                     }
                 }
             }
-            let im2col = Tensor::cat(&cols, 1)?; // (n, T_in kh kw C)
-            drop(cols);
-            for (to, outs) in band_outs.iter_mut().enumerate() {
-                // input frames of this output in padded time, clipped to the real frames
-                let first = to * st;
-                let lo = first.max(pad.t.0);
-                let hi = (first + kt).min(pad.t.0 + t_in);
-                if lo >= hi {
-                    continue;
+            Ok((y0, rows_here, Tensor::cat(&cols, 1)?)) // (rows grid_w, T_in kh kw C)
+        };
+        let on_cpu = self.w_mat.device().is_cpu();
+        let band_starts: Vec<usize> = (0..h_out).step_by(band_rows).collect();
+        let mut band_outs: Vec<Vec<Tensor>> = vec![Vec::new(); t_out];
+        // on the CPU the copies are single-threaded: build two bands' im2col at once
+        for group in band_starts.chunks(if on_cpu { 2 } else { 1 }) {
+            let built = match group {
+                &[a, b] => {
+                    let (a, b) = rayon::join(|| im2col(a), || im2col(b));
+                    vec![a?, b?]
                 }
-                let mut lhs = im2col.narrow(1, (lo - pad.t.0) * tap_k, (hi - lo) * tap_k)?;
-                if !on_cpu {
-                    lhs = lhs.contiguous()?; // cuBLAS / MPS want dense operands
+                _ => vec![im2col(group[0])?],
+            };
+            for (_y0, rows_here, cols) in built {
+                for (to, outs) in band_outs.iter_mut().enumerate() {
+                    // input frames of this output in padded time, clipped to the real frames
+                    let first = to * st;
+                    let lo = first.max(pad.t.0);
+                    let hi = (first + kt).min(pad.t.0 + t_in);
+                    if lo >= hi {
+                        continue;
+                    }
+                    let mut lhs = cols.narrow(1, (lo - pad.t.0) * tap_k, (hi - lo) * tap_k)?;
+                    if !on_cpu {
+                        lhs = lhs.contiguous()?; // cuBLAS / MPS want dense operands
+                    }
+                    let rhs = self
+                        .w_mat
+                        .narrow(0, (lo - first) * tap_k, (hi - lo) * tap_k)?;
+                    let mut y = lhs.matmul(&rhs)?; // (rows grid_w, C_out)
+                    if let Some(bias) = &self.bias {
+                        // here, while the band is small and in cache
+                        y = y.broadcast_add(bias)?;
+                    }
+                                               // (rows grid_w) c -> rows grid_w c, keep the w_out valid columns
+                    outs.push(y.reshape((rows_here, grid_w, c_out))?.narrow(1, 0, w_out)?);
                 }
-                let rhs = self
-                    .w_mat
-                    .narrow(0, (lo - first) * tap_k, (hi - lo) * tap_k)?;
-                let y = lhs.matmul(&rhs)?; // (n, C_out)
-                                           // (rows grid_w) c -> rows grid_w c, keep the w_out valid columns
-                outs.push(y.reshape((rows_here, grid_w, c_out))?.narrow(1, 0, w_out)?);
             }
-            y0 += rows_here;
         }
+        let mut pieces: Vec<Tensor> = Vec::new();
         for outs in band_outs {
             if outs.is_empty() {
                 // every frame this output reads is padding
                 let (dt, dev) = (self.w_mat.dtype(), self.w_mat.device());
-                pieces.push(Tensor::zeros((h_out, w_out, c_out), dt, dev)?);
+                let y = Tensor::zeros((h_out, w_out, c_out), dt, dev)?;
+                pieces.push(match &self.bias {
+                    Some(bias) => y.broadcast_add(bias)?,
+                    None => y,
+                });
             } else {
                 pieces.extend(outs);
             }

@@ -4,4 +4,5 @@ pub mod config;
 pub mod transformer;
 pub mod vae;
 mod vae_blocks;
+mod vae_resample;
 mod vae_tiling;
