@@ -47,8 +47,6 @@ impl Padding3d {
 /// A 3D convolution with PyTorch's `nn.Conv3d` weights and semantics (no dilation, no groups).
 #[derive(Clone, Debug)]
 pub struct Conv3d {
-    /// `(C_out, C_in, kt, kh, kw)` as stored in checkpoints.
-    weight: Tensor,
     /// `(C_out,)`.
     bias: Option<Tensor>,
     /// `(kt * kh * kw * C_in, C_out)`, rows ordered `(dt, dy, dx, c_in)` like the im2col columns.
@@ -81,7 +79,6 @@ impl Conv3d {
             .contiguous()?
             .reshape((kt * kh * kw * c_in, c_out))?;
         Ok(Self {
-            weight,
             bias,
             w_mat,
             kernel: (kt, kh, kw),
@@ -123,9 +120,16 @@ impl Conv3d {
         )
     }
 
-    /// The `(C_out, C_in, kt, kh, kw)` weight.
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// The `(C_out, C_in, kt, kh, kw)` weight (rebuilt from the matmul layout, which is all the
+    /// conv keeps).
+    pub fn weight(&self) -> Result<Tensor> {
+        let (kt, kh, kw) = self.kernel;
+        let (k, c_out) = self.w_mat.dims2()?;
+        // (kt kh kw C_in, C_out) -> (C_out, C_in, kt, kh, kw)
+        self.w_mat
+            .reshape((kt, kh, kw, k / (kt * kh * kw), c_out))?
+            .permute((4, 3, 0, 1, 2))?
+            .contiguous()
     }
 
     /// The `(C_out,)` bias.
@@ -158,7 +162,8 @@ impl Conv3d {
     ///
     /// Returns `(B, T', H', W', C_out)`.
     pub fn forward_cl_padded(&self, parts: &[&Tensor], pad: Padding3d) -> Result<Tensor> {
-        let c_in = self.weight.dim(1)?;
+        let (kt, kh, kw) = self.kernel;
+        let c_in = self.w_mat.dim(0)? / (kt * kh * kw);
         let Some(first) = parts.first() else {
             candle_core::bail!("conv3d needs at least one input part")
         };
@@ -284,7 +289,7 @@ impl Conv3d {
                         // here, while the band is small and in cache
                         y = y.broadcast_add(bias)?;
                     }
-                                               // (rows grid_w) c -> rows grid_w c, keep the w_out valid columns
+                    // (rows grid_w) c -> rows grid_w c, keep the w_out valid columns
                     outs.push(y.reshape((rows_here, grid_w, c_out))?.narrow(1, 0, w_out)?);
                 }
             }

@@ -187,7 +187,7 @@ struct UpsampleConv {
 impl UpsampleConv {
     /// From the 3x3 conv `(C_out, C_in, 1, 3, 3)` that follows the up-sampling.
     fn new(conv: &Conv3d) -> Result<Self> {
-        let w = conv.weight();
+        let w = &conv.weight()?;
         // phase 0 reads input rows (y-1, y) with taps (0, 1+2); phase 1 rows (y, y+1) with (0+1, 2)
         let fold = |w: &Tensor, axis: usize, phase: usize| -> Result<Tensor> {
             let tap = |i: usize| w.narrow(axis, i, 1);
