@@ -209,18 +209,11 @@ impl Conv3d {
         // 1. Tap sources: for every real input frame and spatial tap, a (rows, C) tensor whose
         //    row r feeds output position r of a grid `grid_w` wide.
         let (taps, grid_w) = if (sh, sw) == (1, 1) {
-            // padded grid flattened; one spare row so the last taps' row runs stay in bounds
-            let spare = usize::from(kw > 1);
+            // each row followed by its right and the next row's left zero columns; the zero rows
+            // above and below stay virtual (see `tap_row`)
             let flat = parts
                 .iter()
-                .map(|p| {
-                    let tp = p.dim(0)?;
-                    pad_hw(p, (pad.h.0, pad.h.1 + spare), pad.w)?.reshape((
-                        tp,
-                        (hp + spare) * wp,
-                        c,
-                    ))
-                })
+                .map(|p| pad_row_ends(p, pad.w.0 + pad.w.1))
                 .collect::<Result<Vec<_>>>()?;
             (TapSource::Grid(flat), wp)
         } else {
@@ -229,16 +222,40 @@ impl Conv3d {
                 w_out,
             )
         };
-        let tap_row =
-            |frame: usize, dy: usize, dx: usize, y0: usize, rows: usize| -> Result<Tensor> {
-                match &taps {
-                    TapSource::Grid(flat) => {
-                        let (part, t) = locate(flat, frame)?;
-                        part.i(t)?.narrow(0, (y0 + dy) * wp + dx, rows)
+        // where padded-grid position 0 (top-left padding corner) would be in a flat part
+        let origin = (pad.h.0 * wp + pad.w.0) as isize;
+        let stored = (h * wp) as isize;
+        let tap_row = |frame: usize, dy: usize, dx: usize, y0: usize, rows: usize| {
+            match &taps {
+                TapSource::Grid(flat) => {
+                    let (part, t) = locate(flat, frame)?;
+                    let part = part.i(t)?;
+                    let start = ((y0 + dy) * wp + dx) as isize - origin;
+                    let end = start + rows as isize;
+                    if start >= 0 && end <= stored {
+                        return part.narrow(0, start as usize, rows);
                     }
-                    TapSource::Gathered(g) => g[frame][dy * kw + dx].narrow(0, y0 * grid_w, rows),
+                    // the band reaches into the zero rows above or below the frame
+                    let (lo, hi) = (start.clamp(0, stored), end.clamp(0, stored));
+                    let lead = (lo - start).clamp(0, rows as isize) as usize;
+                    let mid = (hi - lo).max(0) as usize;
+                    let trail = rows - lead - mid;
+                    let zeros = |n: usize| Tensor::zeros((n, c), part.dtype(), part.device());
+                    let mut segs = Vec::with_capacity(3);
+                    if lead > 0 {
+                        segs.push(zeros(lead)?);
+                    }
+                    if mid > 0 {
+                        segs.push(part.narrow(0, lo as usize, mid)?);
+                    }
+                    if trail > 0 {
+                        segs.push(zeros(trail)?);
+                    }
+                    Tensor::cat(&segs, 0)
                 }
-            };
+                TapSource::Gathered(g) => g[frame][dy * kw + dx].narrow(0, y0 * grid_w, rows),
+            }
+        };
 
         // 2. Bands of output rows, each with one im2col matrix (rows, T_in kh kw C) and one
         //    matmul per output frame over the column window of the frames it reads.
@@ -331,6 +348,19 @@ fn locate(parts: &[Tensor], mut f: usize) -> Result<(&Tensor, usize)> {
         f -= t;
     }
     candle_core::bail!("conv3d frame index out of range")
+}
+
+/// `(T, H, W, C)` -> `(T, H (W + n), C)`: each row followed by `n` zero pixels (one copy, none
+/// when `n = 0`). Read with a shifted origin, a row's trailing zeros are the right padding of its
+/// row and the left padding of the next.
+fn pad_row_ends(x: &Tensor, n: usize) -> Result<Tensor> {
+    let (t, h, w, c) = x.dims4()?;
+    if n == 0 {
+        return x.reshape((t, h * w, c));
+    }
+    let zeros = Tensor::zeros((t, h, n * c), x.dtype(), x.device())?;
+    // t h (w c) ++ t h (n c) -> t (h (w + n)) c
+    Tensor::cat(&[&x.reshape((t, h, w * c))?, &zeros], 2)?.reshape((t, h * (w + n), c))
 }
 
 /// Zero-pads `(T, H, W, C)` to `(T, H + top + bottom, W + left + right, C)` with two copies.
@@ -599,6 +629,10 @@ mod tests {
             (3, 4, (3, 1, 1), (2, 1, 1), (0, 0, 0), (5, 3, 3)),
             (3, 4, (1, 3, 3), (1, 2, 2), (0, 1, 1), (2, 7, 6)),
             (2, 3, (2, 3, 2), (1, 2, 3), (1, 0, 2), (3, 8, 9)),
+            // frames smaller than the kernel's reach: every tap band is mostly padding
+            (3, 2, (3, 3, 3), (1, 1, 1), (1, 1, 1), (2, 1, 1)),
+            (2, 2, (3, 3, 3), (1, 1, 1), (1, 1, 1), (3, 2, 1)),
+            (2, 2, (1, 3, 3), (1, 1, 1), (0, 2, 1), (1, 1, 3)),
         ];
         for (i, (c_in, c_out, k, s, p, (t, h, w))) in cases.into_iter().enumerate() {
             let x = rand(&[2, c_in, t, h, w], i as u64)?;
