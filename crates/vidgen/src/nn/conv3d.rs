@@ -16,11 +16,14 @@
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+mod im2col;
+use im2col::{CpuIm2col, Generic, Geometry};
+
 /// Frames of its input a causal conv keeps for the next chunk (the `CACHE_T` of the reference).
 pub const CACHE_T: usize = 2;
 
 /// Most im2col elements built at once (per band of output rows); bounds the conv's scratch memory.
-const IM2COL_BUDGET: usize = 1 << 22;
+const IM2COL_BUDGET: usize = 1 << 21;
 
 /// Zero padding `(before, after)` on each convolved axis.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -162,12 +165,17 @@ impl Conv3d {
     ///
     /// Returns `(B, T', H', W', C_out)`.
     pub fn forward_cl_padded(&self, parts: &[&Tensor], pad: Padding3d) -> Result<Tensor> {
+        self.forward_parts(parts, pad, false)
+    }
+
+    /// [`Self::forward_cl_padded`], optionally forcing the device-agnostic im2col on the CPU.
+    fn forward_parts(&self, parts: &[&Tensor], pad: Padding3d, generic: bool) -> Result<Tensor> {
         let (kt, kh, kw) = self.kernel;
         let c_in = self.w_mat.dim(0)? / (kt * kh * kw);
         let Some(first) = parts.first() else {
             candle_core::bail!("conv3d needs at least one input part")
         };
-        let (b, _, h, w, c) = first.dims5()?;
+        let (b, _, h, w, _) = first.dims5()?;
         for p in parts {
             let (pb, _, ph, pw, pc) = p.dims5()?;
             if (pb, ph, pw, pc) != (b, h, w, c_in) {
@@ -177,19 +185,19 @@ impl Conv3d {
                 )
             }
         }
-        let _ = c;
         let outs = (0..b)
             .map(|i| {
                 let frames = parts.iter().map(|p| p.i(i)).collect::<Result<Vec<_>>>()?;
                 let frames: Vec<&Tensor> = frames.iter().collect();
-                self.conv_one(&frames, pad)
+                self.conv_one(&frames, pad, generic)
             })
             .collect::<Result<Vec<_>>>()?;
         Tensor::stack(&outs, 0)
     }
 
-    /// One batch element: `parts` each `(T_i, H, W, C_in)` -> `(T', H', W', C_out)`.
-    fn conv_one(&self, parts: &[&Tensor], pad: Padding3d) -> Result<Tensor> {
+    /// One batch element: `parts` each `(T_i, H, W, C_in)` -> `(T', H', W', C_out)`. On the CPU
+    /// the im2col is the parallel custom op unless `generic` asks for the candle-ops one.
+    fn conv_one(&self, parts: &[&Tensor], pad: Padding3d, generic: bool) -> Result<Tensor> {
         let (kt, kh, kw) = self.kernel;
         let (st, sh, sw) = self.stride;
         let (_, h, w, c) = parts[0].dims4()?;
@@ -205,110 +213,55 @@ impl Conv3d {
         }
         let t_out = (t_total - kt) / st + 1;
         let (h_out, w_out) = ((hp - kh) / sh + 1, (wp - kw) / sw + 1);
-
-        // 1. Tap sources: for every real input frame and spatial tap, a (rows, C) tensor whose
-        //    row r feeds output position r of a grid `grid_w` wide.
-        let (taps, grid_w) = if (sh, sw) == (1, 1) {
-            // each row followed by its right and the next row's left zero columns; the zero rows
-            // above and below stay virtual (see `tap_row`)
-            let flat = parts
-                .iter()
-                .map(|p| pad_row_ends(p, pad.w.0 + pad.w.1))
-                .collect::<Result<Vec<_>>>()?;
-            (TapSource::Grid(flat), wp)
-        } else {
-            (
-                TapSource::Gathered(gather_strided_taps(parts, self, pad, h_out, w_out)?),
-                w_out,
-            )
-        };
-        // where padded-grid position 0 (top-left padding corner) would be in a flat part
-        let origin = (pad.h.0 * wp + pad.w.0) as isize;
-        let stored = (h * wp) as isize;
-        let tap_row = |frame: usize, dy: usize, dx: usize, y0: usize, rows: usize| {
-            match &taps {
-                TapSource::Grid(flat) => {
-                    let (part, t) = locate(flat, frame)?;
-                    let part = part.i(t)?;
-                    let start = ((y0 + dy) * wp + dx) as isize - origin;
-                    let end = start + rows as isize;
-                    if start >= 0 && end <= stored {
-                        return part.narrow(0, start as usize, rows);
-                    }
-                    // the band reaches into the zero rows above or below the frame
-                    let (lo, hi) = (start.clamp(0, stored), end.clamp(0, stored));
-                    let lead = (lo - start).clamp(0, rows as isize) as usize;
-                    let mid = (hi - lo).max(0) as usize;
-                    let trail = rows - lead - mid;
-                    let zeros = |n: usize| Tensor::zeros((n, c), part.dtype(), part.device());
-                    let mut segs = Vec::with_capacity(3);
-                    if lead > 0 {
-                        segs.push(zeros(lead)?);
-                    }
-                    if mid > 0 {
-                        segs.push(part.narrow(0, lo as usize, mid)?);
-                    }
-                    if trail > 0 {
-                        segs.push(zeros(trail)?);
-                    }
-                    Tensor::cat(&segs, 0)
-                }
-                TapSource::Gathered(g) => g[frame][dy * kw + dx].narrow(0, y0 * grid_w, rows),
-            }
-        };
-
-        // 2. Bands of output rows, each with one im2col matrix (rows, T_in kh kw C) and one
-        //    matmul per output frame over the column window of the frames it reads.
-        let tap_k = kh * kw * c;
-        let band_rows = (IM2COL_BUDGET / (grid_w * t_in * tap_k).max(1)).clamp(1, h_out);
-        let im2col = |y0: usize| -> Result<(usize, usize, Tensor)> {
-            let rows_here = band_rows.min(h_out - y0);
-            let mut cols = Vec::with_capacity(t_in * kh * kw);
-            for f in 0..t_in {
-                for dy in 0..kh {
-                    for dx in 0..kw {
-                        cols.push(tap_row(f, dy, dx, y0, rows_here * grid_w)?);
-                    }
-                }
-            }
-            Ok((y0, rows_here, Tensor::cat(&cols, 1)?)) // (rows grid_w, T_in kh kw C)
+        let geo = Geometry {
+            kernel: (kh, kw),
+            stride: (sh, sw),
+            pad_top: pad.h.0,
+            pad_left: pad.w.0,
+            w_out,
         };
         let on_cpu = self.w_mat.device().is_cpu();
-        let band_starts: Vec<usize> = (0..h_out).step_by(band_rows).collect();
+        let cpu_op = on_cpu && !generic && parts.len() <= 2;
+        let candle_ops = if cpu_op {
+            None
+        } else {
+            Some(Generic::new(parts, geo, pad, h_out)?)
+        };
+        let grid_w = candle_ops.as_ref().map_or(w_out, |g| g.grid_w);
+
+        // Bands of output rows, each with one im2col matrix (rows grid_w, T_in kh kw C) and one
+        // matmul per output frame over the column window of the frames it reads.
+        let tap_k = kh * kw * c;
+        let band_rows = (IM2COL_BUDGET / (grid_w * t_in * tap_k).max(1)).clamp(1, h_out);
         let mut band_outs: Vec<Vec<Tensor>> = vec![Vec::new(); t_out];
-        // on the CPU the copies are single-threaded: build two bands' im2col at once
-        for group in band_starts.chunks(if on_cpu { 2 } else { 1 }) {
-            let built = match group {
-                &[a, b] => {
-                    let (a, b) = rayon::join(|| im2col(a), || im2col(b));
-                    vec![a?, b?]
-                }
-                _ => vec![im2col(group[0])?],
+        for y0 in (0..h_out).step_by(band_rows) {
+            let rows = band_rows.min(h_out - y0);
+            let cols = match &candle_ops {
+                None => CpuIm2col { geo, y0, rows }.apply(parts)?,
+                Some(g) => g.band(y0, rows)?,
             };
-            for (_y0, rows_here, cols) in built {
-                for (to, outs) in band_outs.iter_mut().enumerate() {
-                    // input frames of this output in padded time, clipped to the real frames
-                    let first = to * st;
-                    let lo = first.max(pad.t.0);
-                    let hi = (first + kt).min(pad.t.0 + t_in);
-                    if lo >= hi {
-                        continue;
-                    }
-                    let mut lhs = cols.narrow(1, (lo - pad.t.0) * tap_k, (hi - lo) * tap_k)?;
-                    if !on_cpu {
-                        lhs = lhs.contiguous()?; // cuBLAS / MPS want dense operands
-                    }
-                    let rhs = self
-                        .w_mat
-                        .narrow(0, (lo - first) * tap_k, (hi - lo) * tap_k)?;
-                    let mut y = lhs.matmul(&rhs)?; // (rows grid_w, C_out)
-                    if let Some(bias) = &self.bias {
-                        // here, while the band is small and in cache
-                        y = y.broadcast_add(bias)?;
-                    }
-                    // (rows grid_w) c -> rows grid_w c, keep the w_out valid columns
-                    outs.push(y.reshape((rows_here, grid_w, c_out))?.narrow(1, 0, w_out)?);
+            for (to, outs) in band_outs.iter_mut().enumerate() {
+                // input frames of this output in padded time, clipped to the real frames
+                let first = to * st;
+                let lo = first.max(pad.t.0);
+                let hi = (first + kt).min(pad.t.0 + t_in);
+                if lo >= hi {
+                    continue;
                 }
+                let mut lhs = cols.narrow(1, (lo - pad.t.0) * tap_k, (hi - lo) * tap_k)?;
+                if !on_cpu {
+                    lhs = lhs.contiguous()?; // cuBLAS / MPS want dense operands
+                }
+                let rhs = self
+                    .w_mat
+                    .narrow(0, (lo - first) * tap_k, (hi - lo) * tap_k)?;
+                let mut y = lhs.matmul(&rhs)?; // (rows grid_w, C_out)
+                if let Some(bias) = &self.bias {
+                    // here, while the band is small and in cache
+                    y = y.broadcast_add(bias)?;
+                }
+                // (rows grid_w) c -> rows grid_w c, keep the w_out valid columns
+                outs.push(y.reshape((rows, grid_w, c_out))?.narrow(1, 0, w_out)?);
             }
         }
         let mut pieces: Vec<Tensor> = Vec::new();
@@ -328,114 +281,6 @@ impl Conv3d {
         // (t_out h_out) w_out c_out -> t_out h_out w_out c_out
         Tensor::cat(&pieces, 0)?.reshape((t_out, h_out, w_out, c_out))
     }
-}
-
-/// Where the im2col columns come from.
-enum TapSource {
-    /// Stride 1: per part, `(T_i, rows of the padded grid, C)`; taps are contiguous row runs.
-    Grid(Vec<Tensor>),
-    /// Strided: per frame and tap `(dy, dx)`, a dense `(H' W', C)` gather.
-    Gathered(Vec<Vec<Tensor>>),
-}
-
-/// Finds frame `f` of the time-concatenation of `parts` (each `(T_i, ...)`).
-fn locate(parts: &[Tensor], mut f: usize) -> Result<(&Tensor, usize)> {
-    for p in parts {
-        let t = p.dim(0)?;
-        if f < t {
-            return Ok((p, f));
-        }
-        f -= t;
-    }
-    candle_core::bail!("conv3d frame index out of range")
-}
-
-/// `(T, H, W, C)` -> `(T, H (W + n), C)`: each row followed by `n` zero pixels (one copy, none
-/// when `n = 0`). Read with a shifted origin, a row's trailing zeros are the right padding of its
-/// row and the left padding of the next.
-fn pad_row_ends(x: &Tensor, n: usize) -> Result<Tensor> {
-    let (t, h, w, c) = x.dims4()?;
-    if n == 0 {
-        return x.reshape((t, h * w, c));
-    }
-    let zeros = Tensor::zeros((t, h, n * c), x.dtype(), x.device())?;
-    // t h (w c) ++ t h (n c) -> t (h (w + n)) c
-    Tensor::cat(&[&x.reshape((t, h, w * c))?, &zeros], 2)?.reshape((t, h * (w + n), c))
-}
-
-/// Zero-pads `(T, H, W, C)` to `(T, H + top + bottom, W + left + right, C)` with two copies.
-pub(crate) fn pad_hw(
-    x: &Tensor,
-    (top, bottom): (usize, usize),
-    (left, right): (usize, usize),
-) -> Result<Tensor> {
-    let (t, h, w, c) = x.dims4()?;
-    let (dt, dev) = (x.dtype(), x.device());
-    let mut x = x.contiguous()?;
-    let wp = w + left + right;
-    if left + right > 0 {
-        // t h w c -> t h (w c): pad the flattened rows
-        let mut cols = Vec::with_capacity(3);
-        if left > 0 {
-            cols.push(Tensor::zeros((t, h, left * c), dt, dev)?);
-        }
-        cols.push(x.reshape((t, h, w * c))?);
-        if right > 0 {
-            cols.push(Tensor::zeros((t, h, right * c), dt, dev)?);
-        }
-        x = Tensor::cat(&cols, 2)?;
-    }
-    if top + bottom > 0 {
-        // t h (w c) -> t (h w c): pad the flattened frame
-        let mut rows = Vec::with_capacity(3);
-        if top > 0 {
-            rows.push(Tensor::zeros((t, top * wp * c), dt, dev)?);
-        }
-        rows.push(x.reshape((t, h * wp * c))?);
-        if bottom > 0 {
-            rows.push(Tensor::zeros((t, bottom * wp * c), dt, dev)?);
-        }
-        x = Tensor::cat(&rows, 1)?;
-    }
-    x.reshape((t, h + top + bottom, wp, c))
-}
-
-/// For a spatially strided conv: per real input frame, per tap, the `(H' W', C)` input values
-/// that tap reads (two copies each; only the encoder's three downsampling convs come here).
-fn gather_strided_taps(
-    parts: &[&Tensor],
-    conv: &Conv3d,
-    pad: Padding3d,
-    h_out: usize,
-    w_out: usize,
-) -> Result<Vec<Vec<Tensor>>> {
-    let (_, kh, kw) = conv.kernel;
-    let (_, sh, sw) = conv.stride;
-    let mut out = Vec::new();
-    for p in parts {
-        let (t, h, w, c) = p.dims4()?;
-        // round the padded size up to whole strides; the extra zeros are never read
-        let hp = (h + pad.h.0 + pad.h.1).div_ceil(sh) * sh;
-        let wp = (w + pad.w.0 + pad.w.1).div_ceil(sw) * sw;
-        let xp = pad_hw(p, (pad.h.0, hp - h - pad.h.0), (pad.w.0, wp - w - pad.w.0))?;
-        // t (hq sh) (wq sw) c -> t hq sh wq (sw c)
-        let xp = xp.reshape((t, hp / sh, sh, wp / sw, sw * c))?;
-        for f in 0..t {
-            let mut taps = Vec::with_capacity(kh * kw);
-            for dy in 0..kh {
-                for dx in 0..kw {
-                    let v = xp
-                        .i((f, .., dy % sh))?
-                        .narrow(0, dy / sh, h_out)?
-                        .narrow(1, dx / sw, w_out)?
-                        .narrow(2, (dx % sw) * c, c)?;
-                    taps.push(v.contiguous()?.reshape((h_out * w_out, c))?);
-                }
-            }
-            out.push(taps);
-        }
-    }
-    Ok(out)
 }
 
 /// The Wan VAE's causal conv: zeros (or cached frames) only *before* the input in time, symmetric
@@ -639,10 +484,17 @@ mod tests {
             let wt = rand(&[c_out, c_in, k.0, k.1, k.2], 100 + i as u64)?;
             let b = rand(&[c_out], 200 + i as u64)?;
             let conv = Conv3d::new(wt.clone(), Some(b.clone()), s, p)?;
-            let got = conv.forward(&x)?;
             let want = conv3d_naive(&x, &wt, Some(&b), s, Padding3d::symmetric(p))?;
-            let d = max_diff(&got, &want)?;
-            assert!(d <= 1e-5, "case {i}: max abs diff {d}");
+            let x_cl = x.permute((0, 2, 3, 4, 1))?.contiguous()?;
+            for generic in [false, true] {
+                let got = conv.forward_parts(&[&x_cl], Padding3d::symmetric(p), generic)?;
+                let got = got.permute((0, 4, 1, 2, 3))?;
+                let d = max_diff(&got, &want)?;
+                assert!(
+                    d <= 1e-5,
+                    "case {i}, generic im2col {generic}: max abs diff {d}"
+                );
+            }
         }
         Ok(())
     }
@@ -655,9 +507,12 @@ mod tests {
         let x = rand(&[1, c, t, h, w], 7)?;
         let wt = rand(&[4, c, 3, 3, 3], 8)?;
         let conv = Conv3d::new(wt.clone(), None, (1, 1, 1), (1, 1, 1))?;
-        let got = conv.forward(&x)?;
         let want = conv3d_naive(&x, &wt, None, (1, 1, 1), Padding3d::symmetric((1, 1, 1)))?;
-        assert!(max_diff(&got, &want)? <= 1e-4);
+        let x_cl = x.permute((0, 2, 3, 4, 1))?.contiguous()?;
+        for generic in [false, true] {
+            let got = conv.forward_parts(&[&x_cl], Padding3d::symmetric((1, 1, 1)), generic)?;
+            assert!(max_diff(&got.permute((0, 4, 1, 2, 3))?, &want)? <= 1e-4);
+        }
         Ok(())
     }
 
@@ -702,6 +557,17 @@ mod tests {
         }
         let chunked = Tensor::cat(&outs, 1)?;
         assert!(max_diff(&chunked, &whole)? <= 1e-5);
+        // the candle-ops im2col takes the same two parts (cache, chunk)
+        let (cache, chunk) = (x.narrow(1, 3, 2)?, x.narrow(1, 5, 4)?);
+        let pad = Padding3d {
+            t: (0, 0),
+            h: (1, 1),
+            w: (1, 1),
+        };
+        let fast = conv.conv().forward_parts(&[&cache, &chunk], pad, false)?;
+        let generic = conv.conv().forward_parts(&[&cache, &chunk], pad, true)?;
+        assert!(max_diff(&fast, &whole.narrow(1, 5, 4)?)? <= 1e-5);
+        assert!(max_diff(&generic, &fast)? <= 1e-5);
         Ok(())
     }
 

@@ -257,7 +257,8 @@ mod tests {
             .flatten_all()?
             .max(D::Minus1)?
             .to_scalar::<f32>()?;
-        assert!(diff < 1e-5, "max abs diff {diff}");
+        // values reach ~20; the folded taps sum in another order
+        assert!(diff < 1e-4, "max abs diff {diff}");
         Ok(())
     }
 }
