@@ -23,7 +23,7 @@ use im2col::{CpuIm2col, Generic, Geometry};
 pub const CACHE_T: usize = 2;
 
 /// Most im2col elements built at once (per band of output rows); bounds the conv's scratch memory.
-const IM2COL_BUDGET: usize = 1 << 21;
+const IM2COL_BUDGET: usize = 1 << 22;
 
 /// Zero padding `(before, after)` on each convolved axis.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -255,12 +255,8 @@ impl Conv3d {
                 let rhs = self
                     .w_mat
                     .narrow(0, (lo - first) * tap_k, (hi - lo) * tap_k)?;
-                let mut y = lhs.matmul(&rhs)?; // (rows grid_w, C_out)
-                if let Some(bias) = &self.bias {
-                    // here, while the band is small and in cache
-                    y = y.broadcast_add(bias)?;
-                }
-                // (rows grid_w) c -> rows grid_w c, keep the w_out valid columns
+                let y = lhs.matmul(&rhs)?; // (rows grid_w, C_out)
+                                           // (rows grid_w) c -> rows grid_w c, keep the w_out valid columns
                 outs.push(y.reshape((rows, grid_w, c_out))?.narrow(1, 0, w_out)?);
             }
         }
@@ -269,17 +265,18 @@ impl Conv3d {
             if outs.is_empty() {
                 // every frame this output reads is padding
                 let (dt, dev) = (self.w_mat.dtype(), self.w_mat.device());
-                let y = Tensor::zeros((h_out, w_out, c_out), dt, dev)?;
-                pieces.push(match &self.bias {
-                    Some(bias) => y.broadcast_add(bias)?,
-                    None => y,
-                });
+                pieces.push(Tensor::zeros((h_out, w_out, c_out), dt, dev)?);
             } else {
                 pieces.extend(outs);
             }
         }
         // (t_out h_out) w_out c_out -> t_out h_out w_out c_out
-        Tensor::cat(&pieces, 0)?.reshape((t_out, h_out, w_out, c_out))
+        let y = Tensor::cat(&pieces, 0)?.reshape((t_out, h_out, w_out, c_out))?;
+        // once over the whole output: per band, the many small adds cost more in thread syncs
+        match &self.bias {
+            Some(bias) => y.broadcast_add(bias),
+            None => Ok(y),
+        }
     }
 }
 
