@@ -126,6 +126,7 @@ fn bench_decode(frames: usize, height: usize, width: usize) -> Result<()> {
     let cfg = AutoencoderKlWanConfig::default(); // Wan2.1: base_dim 96, z_dim 16, [1, 2, 4, 4]
     let vb = VarBuilder::from_backend(Box::new(RandomWeights), DType::F32, dev.clone());
     let vae = AutoencoderKlWan::new(&cfg, vb)?;
+    eprintln!("model built, RSS {:.2} GB", rss_gb());
     let t = (frames - 1) / 4 + 1;
     let z = Tensor::randn(0f32, 1.0, (1, cfg.z_dim, t, height / 8, width / 8), &dev)?;
     let t0 = Instant::now();

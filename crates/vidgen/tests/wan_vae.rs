@@ -79,6 +79,13 @@ fn bf16_weights_stay_close_to_f32() {
     eprintln!("decode bf16: {d:.2e}");
     // diffusers' own bf16 decode of this fixture is 0.127 away from its f32 one
     assert!(d <= 0.15, "bf16 decode max abs diff {d}");
+    let dist = vae
+        .encode(&r["vae.encode.input"].to_dtype(DType::BF16).unwrap())
+        .unwrap();
+    assert_eq!(dist.mean.dtype(), DType::BF16);
+    let dm = max_abs_diff(&dist.mean, &r["vae.encode.mean"]);
+    eprintln!("encode bf16: mean {dm:.2e}");
+    assert!(dm <= 0.15, "bf16 encode mean max abs diff {dm}");
 }
 
 #[test]
