@@ -16,7 +16,8 @@ fn fixtures() -> PathBuf {
 fn load_vae(dir: PathBuf, dtype: DType) -> AutoencoderKlWan {
     let cfg = AutoencoderKlWanConfig::from_file(dir.join("config.json")).expect("config");
     let weights = dir.join("diffusion_pytorch_model.safetensors");
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], dtype, &Device::Cpu) }.expect("weights");
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], dtype, &Device::Cpu) }
+        .expect("weights");
     AutoencoderKlWan::new(&cfg, vb).expect("model")
 }
 
@@ -27,7 +28,14 @@ fn reference(path: PathBuf) -> HashMap<String, Tensor> {
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
     let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
-    d.abs().unwrap().flatten_all().unwrap().max(D::Minus1).unwrap().to_scalar::<f32>().unwrap()
+    d.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(D::Minus1)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -35,7 +43,10 @@ fn encode_matches_diffusers() {
     let vae = load_vae(fixtures().join("wan/pipeline/vae"), DType::F32);
     let r = reference(fixtures().join("wan/reference.safetensors"));
     let dist = vae.encode(&r["vae.encode.input"]).unwrap();
-    let (dm, dl) = (max_abs_diff(&dist.mean, &r["vae.encode.mean"]), max_abs_diff(&dist.logvar, &r["vae.encode.logvar"]));
+    let (dm, dl) = (
+        max_abs_diff(&dist.mean, &r["vae.encode.mean"]),
+        max_abs_diff(&dist.logvar, &r["vae.encode.logvar"]),
+    );
     eprintln!("encode: mean {dm:.2e}, logvar {dl:.2e}");
     assert!(dm <= 1e-4 && dl <= 1e-4, "mean {dm}, logvar {dl}");
 }
@@ -46,7 +57,9 @@ fn decode_matches_diffusers() {
     let r = reference(fixtures().join("wan/reference.safetensors"));
     let z = &r["vae.decode.input"];
     let mut calls = Vec::new();
-    let out = vae.decode_with_progress(z, &mut |i, n| calls.push((i, n))).unwrap();
+    let out = vae
+        .decode_with_progress(z, &mut |i, n| calls.push((i, n)))
+        .unwrap();
     let d = max_abs_diff(&out, &r["vae.decode.output"]);
     eprintln!("decode: {d:.2e}");
     assert!(d <= 1e-4, "decode max abs diff {d}");
@@ -58,11 +71,21 @@ fn decode_matches_diffusers() {
 fn bf16_weights_stay_close_to_f32() {
     let vae = load_vae(fixtures().join("wan/pipeline/vae"), DType::BF16);
     let r = reference(fixtures().join("wan/reference.safetensors"));
-    let out = vae.decode(&r["vae.decode.input"].to_dtype(DType::BF16).unwrap()).unwrap();
+    let out = vae
+        .decode(&r["vae.decode.input"].to_dtype(DType::BF16).unwrap())
+        .unwrap();
     assert_eq!(out.dtype(), DType::BF16);
     let d = max_abs_diff(&out, &r["vae.decode.output"]);
     eprintln!("decode bf16: {d:.2e}");
-    assert!(d <= 0.1, "bf16 decode max abs diff {d}");
+    // diffusers' own bf16 decode of this fixture is 0.127 away from its f32 one
+    assert!(d <= 0.15, "bf16 decode max abs diff {d}");
+    let dist = vae
+        .encode(&r["vae.encode.input"].to_dtype(DType::BF16).unwrap())
+        .unwrap();
+    assert_eq!(dist.mean.dtype(), DType::BF16);
+    let dm = max_abs_diff(&dist.mean, &r["vae.encode.mean"]);
+    eprintln!("encode bf16: mean {dm:.2e}");
+    assert!(dm <= 0.15, "bf16 encode mean max abs diff {dm}");
 }
 
 #[test]
@@ -70,9 +93,16 @@ fn bad_shapes_name_the_expected_shape() {
     let vae = load_vae(fixtures().join("wan/pipeline/vae"), DType::F32);
     let video = Tensor::zeros((1, 3, 8, 32, 48), DType::F32, &Device::Cpu).unwrap();
     let err = vae.encode(&video).unwrap_err().to_string();
-    assert!(err.contains("(B, 3, F, H, W)") && err.contains("F = 1 + 4k"), "{err}");
+    assert!(
+        err.contains("(B, 3, F, H, W)") && err.contains("F = 1 + 4k"),
+        "{err}"
+    );
     let video = Tensor::zeros((1, 3, 5, 30, 48), DType::F32, &Device::Cpu).unwrap();
-    assert!(vae.encode(&video).unwrap_err().to_string().contains("multiples of 8"));
+    assert!(vae
+        .encode(&video)
+        .unwrap_err()
+        .to_string()
+        .contains("multiples of 8"));
     let z = Tensor::zeros((1, 4, 2, 4, 6), DType::F32, &Device::Cpu).unwrap();
     let err = vae.decode(&z).unwrap_err().to_string();
     assert!(err.contains("(B, 8, T, h, w)"), "{err}");
@@ -102,12 +132,20 @@ fn denormalize_is_the_pipelines_formula() {
     let vae = load_vae(fixtures().join("wan/pipeline/vae"), DType::F32);
     let cfg = vae.config().clone();
     let z = Tensor::ones((1, 8, 1, 1, 1), DType::F32, &Device::Cpu).unwrap();
-    let x = vae.denormalize_latents(&z).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    for c in 0..8 {
+    let x = vae
+        .denormalize_latents(&z)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    for (c, got) in x.iter().enumerate() {
         let want = 1.0 / (1.0 / cfg.latents_std[c] as f32) + cfg.latents_mean[c] as f32;
-        assert!((x[c] - want).abs() < 1e-6);
+        assert!((got - want).abs() < 1e-6);
     }
-    let back = vae.normalize_latents(&vae.denormalize_latents(&z).unwrap()).unwrap();
+    let back = vae
+        .normalize_latents(&vae.denormalize_latents(&z).unwrap())
+        .unwrap();
     assert!(max_abs_diff(&back, &z) < 1e-5);
 }
 
@@ -126,9 +164,15 @@ fn tiled_decode_and_encode_match_diffusers() {
     let out = vae.decode(&r["decode.input"]).unwrap();
     let d = max_abs_diff(&out, &r["decode.output"]);
     let dist = vae.encode(&r["decode.output"]).unwrap();
-    let (dm, dl) = (max_abs_diff(&dist.mean, &r["encode.mean"]), max_abs_diff(&dist.logvar, &r["encode.logvar"]));
+    let (dm, dl) = (
+        max_abs_diff(&dist.mean, &r["encode.mean"]),
+        max_abs_diff(&dist.logvar, &r["encode.logvar"]),
+    );
     eprintln!("tiled: decode {d:.2e}, encode mean {dm:.2e}, logvar {dl:.2e}");
-    assert!(d <= 1e-4 && dm <= 1e-4 && dl <= 1e-4, "decode {d}, mean {dm}, logvar {dl}");
+    assert!(
+        d <= 1e-4 && dm <= 1e-4 && dl <= 1e-4,
+        "decode {d}, mean {dm}, logvar {dl}"
+    );
     // the untiled result differs at the seams, so the test does exercise tiling
     vae.set_tiling(None);
     assert!(max_abs_diff(&vae.decode(&r["decode.input"]).unwrap(), &out) > 1e-3);

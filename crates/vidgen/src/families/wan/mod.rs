@@ -6,4 +6,5 @@ pub mod presets;
 pub mod transformer;
 pub mod vae;
 mod vae_blocks;
+mod vae_resample;
 mod vae_tiling;

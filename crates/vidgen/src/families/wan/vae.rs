@@ -140,14 +140,20 @@ impl AutoencoderKlWanConfig {
             supported: "the Wan2.1 VAE (is_residual=false, patch_size=null)".into(),
         };
         if self.is_residual {
-            return Err(unsupported("is_residual=true (Wan2.2 residual blocks)".into()));
+            return Err(unsupported(
+                "is_residual=true (Wan2.2 residual blocks)".into(),
+            ));
         }
         if let Some(p) = self.patch_size.filter(|&p| p != 1) {
             return Err(unsupported(format!("patch_size={p} (Wan2.2 patchify)")));
         }
-        let bad = |reason: String| crate::Error::InvalidRequest(format!("AutoencoderKLWan config: {reason}"));
+        let bad = |reason: String| {
+            crate::Error::InvalidRequest(format!("AutoencoderKLWan config: {reason}"))
+        };
         if self.dim_mult.is_empty() || self.base_dim == 0 || self.z_dim == 0 {
-            return Err(bad("base_dim, z_dim and dim_mult must be non-empty / positive".into()));
+            return Err(bad(
+                "base_dim, z_dim and dim_mult must be non-empty / positive".into(),
+            ));
         }
         if self.temperal_downsample.len() + 1 != self.dim_mult.len() {
             return Err(bad(format!(
@@ -226,7 +232,8 @@ pub struct AutoencoderKlWan {
 impl AutoencoderKlWan {
     /// Builds the model from `vb` (its dtype is the compute dtype; norms run in f32).
     pub fn new(cfg: &AutoencoderKlWanConfig, vb: VarBuilder) -> Result<Self> {
-        cfg.check().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        cfg.check()
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let z = cfg.z_dim;
         let temporal_up: Vec<bool> = cfg.temperal_downsample.iter().rev().copied().collect();
         let enc = Dims {
@@ -296,7 +303,10 @@ impl AutoencoderKlWan {
         let z = self.config.z_dim;
         Ok(DiagonalGaussian {
             mean: moments.narrow(1, 0, z)?.contiguous()?,
-            logvar: moments.narrow(1, z, z)?.clamp(-30f32, 20f32)?.contiguous()?,
+            logvar: moments
+                .narrow(1, z, z)?
+                .clamp(-30f32, 20f32)?
+                .contiguous()?,
         })
     }
 
@@ -309,9 +319,16 @@ impl AutoencoderKlWan {
         let mut t0 = 0;
         while t0 < frames {
             // the first frame alone, then 4 frames per chunk
-            let n = if t0 == 0 { 1 } else { ENCODE_CHUNK.min(frames - t0) };
+            let n = if t0 == 0 {
+                1
+            } else {
+                ENCODE_CHUNK.min(frames - t0)
+            };
             // b c t h w -> b t h w c
-            let chunk = video.narrow(2, t0, n)?.permute((0, 2, 3, 4, 1))?.contiguous()?;
+            let chunk = video
+                .narrow(2, t0, n)?
+                .permute((0, 2, 3, 4, 1))?
+                .contiguous()?;
             cache.start_chunk();
             let out = self.encoder.forward(&chunk, &mut cache)?;
             outs.push(self.quant_conv.forward_cl(&out, None)?);
@@ -327,7 +344,11 @@ impl AutoencoderKlWan {
     }
 
     /// [`Self::decode`], calling `progress(done, total)` after each latent frame (of each tile).
-    pub fn decode_with_progress(&self, z: &Tensor, progress: &mut dyn FnMut(usize, usize)) -> Result<Tensor> {
+    pub fn decode_with_progress(
+        &self,
+        z: &Tensor,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor> {
         let dims = z.dims();
         if !matches!(dims, &[_, c, t, h, w] if c == self.config.z_dim && t > 0 && h > 0 && w > 0) {
             candle_core::bail!(
@@ -345,7 +366,10 @@ impl AutoencoderKlWan {
             _ => self.decode_tile(z, &mut |i| progress(i, z.dim(2).unwrap_or(0)))?,
         };
         // b f h w c -> b c f h w
-        video.clamp(-1f32, 1f32)?.permute((0, 4, 1, 2, 3))?.contiguous()
+        video
+            .clamp(-1f32, 1f32)?
+            .permute((0, 4, 1, 2, 3))?
+            .contiguous()
     }
 
     /// Decodes one tile `(B, Z, T, h, w)` latent frame by latent frame into channels-last,

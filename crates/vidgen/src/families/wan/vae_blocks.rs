@@ -8,7 +8,8 @@
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::nn::conv3d::{next_cache, CausalConv3d, Conv3d, Padding3d, CACHE_T};
+use super::vae_resample::{Resample, ResampleMode};
+use crate::nn::conv3d::{next_cache, CausalConv3d};
 
 /// What one causal conv remembers between chunks (an entry of the reference's `feat_cache`).
 #[derive(Clone, Debug, Default)]
@@ -36,7 +37,7 @@ impl FeatCache {
     }
 
     /// The next conv's slot.
-    fn next_slot(&mut self) -> &mut Slot {
+    pub(crate) fn next_slot(&mut self) -> &mut Slot {
         if self.idx == self.slots.len() {
             self.slots.push(Slot::Empty);
         }
@@ -101,7 +102,8 @@ pub(crate) struct ResidualBlock {
 
 impl ResidualBlock {
     pub(crate) fn load(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
-        let conv3 = |vb, c_in, c_out| CausalConv3d::load(vb, c_in, c_out, (3, 3, 3), (1, 1, 1), (1, 1, 1));
+        let conv3 =
+            |vb, c_in, c_out| CausalConv3d::load(vb, c_in, c_out, (3, 3, 3), (1, 1, 1), (1, 1, 1));
         let conv_shortcut = if in_dim != out_dim {
             Some(CausalConv3d::load(
                 vb.pp("conv_shortcut"),
@@ -154,7 +156,11 @@ impl AttentionBlock {
     pub(crate) fn load(vb: VarBuilder, dim: usize) -> Result<Self> {
         let linear = |vb: VarBuilder, c_out: usize| -> Result<(Tensor, Tensor)> {
             // (C_out, C_in, 1, 1) -> (C_in, C_out)
-            let w = vb.get((c_out, dim, 1, 1), "weight")?.reshape((c_out, dim))?.t()?.contiguous()?;
+            let w = vb
+                .get((c_out, dim, 1, 1), "weight")?
+                .reshape((c_out, dim))?
+                .t()?
+                .contiguous()?;
             Ok((w, vb.get(c_out, "bias")?))
         };
         let (to_qkv_w, to_qkv_b) = linear(vb.pp("to_qkv"), 3 * dim)?;
@@ -183,147 +189,13 @@ impl AttentionBlock {
                 let k = qkv.narrow(1, c, c)?.t()?.contiguous()?; // (C, N)
                 let v = qkv.narrow(1, 2 * c, c)?.contiguous()?;
                 let attn = candle_nn::ops::softmax_last_dim(&(q.matmul(&k)? * scale)?)?; // (N, N)
-                attn.matmul(&v)?.matmul(&self.proj_w)?.broadcast_add(&self.proj_b)
+                attn.matmul(&v)?
+                    .matmul(&self.proj_w)?
+                    .broadcast_add(&self.proj_b)
             })
             .collect::<Result<Vec<_>>>()?;
         Tensor::stack(&frames, 0)?.reshape((b, t, h, w, c))? + x
     }
-}
-
-/// The sampling step of a `WanResample` block (its `mode`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ResampleMode {
-    Upsample2d,
-    Upsample3d,
-    Downsample2d,
-    Downsample3d,
-}
-
-/// `WanResample`: 2x nearest up-sampling + 3x3 conv (halving channels), or zero-pad + stride-2
-/// 3x3 conv; the `3d` modes add a causal conv over time that doubles / halves the frames.
-#[derive(Clone, Debug)]
-pub(crate) struct Resample {
-    mode: ResampleMode,
-    /// The 2D conv (`resample.1`), as a conv3d with `kt = 1`.
-    resample: Conv3d,
-    /// `time_conv`: `(3, 1, 1)` kernel; `C -> 2C` up, stride 2 down.
-    time_conv: Option<CausalConv3d>,
-}
-
-impl Resample {
-    pub(crate) fn load(vb: VarBuilder, dim: usize, mode: ResampleMode) -> Result<Self> {
-        let (resample, time_conv) = match mode {
-            ResampleMode::Upsample2d | ResampleMode::Upsample3d => {
-                let conv = Conv3d::load_2d(vb.pp("resample.1"), dim, dim / 2, 3, 1, 1)?;
-                let time = (mode == ResampleMode::Upsample3d)
-                    .then(|| CausalConv3d::load(vb.pp("time_conv"), dim, 2 * dim, (3, 1, 1), (1, 1, 1), (1, 0, 0)))
-                    .transpose()?;
-                (conv, time)
-            }
-            ResampleMode::Downsample2d | ResampleMode::Downsample3d => {
-                let conv = Conv3d::load_2d(vb.pp("resample.1"), dim, dim, 3, 2, 0)?;
-                let time = (mode == ResampleMode::Downsample3d)
-                    .then(|| CausalConv3d::load(vb.pp("time_conv"), dim, dim, (3, 1, 1), (2, 1, 1), (0, 0, 0)))
-                    .transpose()?;
-                (conv, time)
-            }
-        };
-        Ok(Self {
-            mode,
-            resample,
-            time_conv,
-        })
-    }
-
-    /// `(B, T, H, W, C)` -> up: `(B, T', 2H, 2W, C/2)` with `T' = T` on the first chunk and `2T`
-    /// after; down: `(B, T', H/2, W/2, C)` with `T' = T` on the first chunk and `T/2` after.
-    pub(crate) fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
-        match self.mode {
-            ResampleMode::Upsample2d | ResampleMode::Upsample3d => {
-                let x = match &self.time_conv {
-                    Some(time_conv) => upsample_time(time_conv, x, cache)?,
-                    None => x.clone(),
-                };
-                self.resample.forward_cl(&upsample_nearest2x(&x)?)
-            }
-            ResampleMode::Downsample2d | ResampleMode::Downsample3d => {
-                // nn.ZeroPad2d((0, 1, 0, 1)): one zero column right, one zero row below
-                let pad = Padding3d {
-                    t: (0, 0),
-                    h: (0, 1),
-                    w: (0, 1),
-                };
-                let x = self.resample.forward_cl_padded(&[x], pad)?;
-                match &self.time_conv {
-                    Some(time_conv) => downsample_time(time_conv, &x, cache),
-                    None => Ok(x),
-                }
-            }
-        }
-    }
-}
-
-/// The `upsample3d` time step. The first chunk passes through (one latent frame gives one
-/// frame); later chunks go through `time_conv` (zeros in front the first time, cached frames
-/// after), whose `2C` outputs are the two frames each input frame becomes.
-fn upsample_time(time_conv: &CausalConv3d, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
-    let slot = cache.next_slot();
-    let y = match std::mem::take(slot) {
-        Slot::Empty => {
-            *slot = Slot::Rep;
-            return Ok(x.clone());
-        }
-        Slot::Rep => {
-            let t = x.dim(1)?;
-            let tail = x.narrow(1, t.saturating_sub(CACHE_T), t.min(CACHE_T))?;
-            // the reference caches a zero frame in front of a lone frame here
-            *slot = Slot::Frames(if t < CACHE_T {
-                Tensor::cat(&[&tail.zeros_like()?, &tail], 1)?
-            } else {
-                tail.contiguous()?
-            });
-            time_conv.forward_cl(x, None)?
-        }
-        Slot::Frames(prev) => {
-            *slot = Slot::Frames(next_cache(x, Some(&prev))?);
-            time_conv.forward_cl(x, Some(&prev))?
-        }
-    };
-    let (b, t, h, w, c2) = y.dims5()?;
-    let c = c2 / 2;
-    // b t h w (s c) -> b (t s) h w c: channel block s is output frame 2t + s
-    y.reshape((b, t, h, w, 2, c))?
-        .permute((0, 1, 4, 2, 3, 5))?
-        .contiguous()?
-        .reshape((b, 2 * t, h, w, c))
-}
-
-/// The `downsample3d` time step: the first chunk passes through; later chunks are convolved
-/// (kernel 3, stride 2, no padding) with the previous chunk's last frame in front.
-fn downsample_time(time_conv: &CausalConv3d, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
-    let slot = cache.next_slot();
-    let t = x.dim(1)?;
-    let last = x.narrow(1, t - 1, 1)?.contiguous()?;
-    match std::mem::replace(slot, Slot::Frames(last)) {
-        Slot::Frames(prev) => {
-            let tp = prev.dim(1)?;
-            let prev_last = prev.narrow(1, tp - 1, 1)?;
-            time_conv.conv().forward_cl_padded(&[&prev_last, x], Padding3d::default())
-        }
-        _ => Ok(x.clone()),
-    }
-}
-
-/// Nearest-neighbour 2x up-sampling of `(B, T, H, W, C)` to `(B, T, 2H, 2W, C)` (for a factor of
-/// two, PyTorch's `nearest-exact` picks the same pixels).
-pub(crate) fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
-    let (b, t, h, w, c) = x.dims5()?;
-    // (b t h) w 1 c -> (b t h) w 2 c: repeat each pixel along w
-    let x = x.reshape((b * t * h, w, 1, c))?;
-    let x = Tensor::cat(&[&x, &x], 2)?;
-    // (b t h) 1 (w 2 c) -> (b t h) 2 (w 2 c): repeat each row
-    let x = x.reshape((b * t * h, 1, 2 * w * c))?;
-    Tensor::cat(&[&x, &x], 1)?.reshape((b, t, 2 * h, 2 * w, c))
 }
 
 /// `WanMidBlock`: residual block, attention, residual block.
@@ -385,8 +257,12 @@ pub(crate) struct Dims<'a> {
 
 impl Encoder3d {
     pub(crate) fn load(vb: VarBuilder, d: &Dims) -> Result<Self> {
-        let conv3 = |vb, c_in, c_out| CausalConv3d::load(vb, c_in, c_out, (3, 3, 3), (1, 1, 1), (1, 1, 1));
-        let dims: Vec<usize> = std::iter::once(1).chain(d.dim_mult.iter().copied()).map(|m| m * d.base).collect();
+        let conv3 =
+            |vb, c_in, c_out| CausalConv3d::load(vb, c_in, c_out, (3, 3, 3), (1, 1, 1), (1, 1, 1));
+        let dims: Vec<usize> = std::iter::once(1)
+            .chain(d.dim_mult.iter().copied())
+            .map(|m| m * d.base)
+            .collect();
         let mut down_blocks = Vec::new();
         let mut scale = 1.0;
         let vbd = vb.pp("down_blocks");
@@ -394,10 +270,17 @@ impl Encoder3d {
             let (mut in_dim, out_dim) = (pair[0], pair[1]);
             for _ in 0..d.num_res_blocks {
                 let idx = down_blocks.len();
-                down_blocks.push(DownLayer::Residual(ResidualBlock::load(vbd.pp(idx), in_dim, out_dim)?));
+                down_blocks.push(DownLayer::Residual(ResidualBlock::load(
+                    vbd.pp(idx),
+                    in_dim,
+                    out_dim,
+                )?));
                 if d.attn_scales.contains(&scale) {
                     let idx = down_blocks.len();
-                    down_blocks.push(DownLayer::Attention(AttentionBlock::load(vbd.pp(idx), out_dim)?));
+                    down_blocks.push(DownLayer::Attention(AttentionBlock::load(
+                        vbd.pp(idx),
+                        out_dim,
+                    )?));
                 }
                 in_dim = out_dim;
             }
@@ -408,7 +291,11 @@ impl Encoder3d {
                     ResampleMode::Downsample2d
                 };
                 let idx = down_blocks.len();
-                down_blocks.push(DownLayer::Resample(Resample::load(vbd.pp(idx), out_dim, mode)?));
+                down_blocks.push(DownLayer::Resample(Resample::load(
+                    vbd.pp(idx),
+                    out_dim,
+                    mode,
+                )?));
                 scale /= 2.0;
             }
         }
@@ -458,7 +345,8 @@ pub(crate) struct Decoder3d {
 impl Decoder3d {
     /// `d.in_channels` is the decoder's output channel count here.
     pub(crate) fn load(vb: VarBuilder, d: &Dims) -> Result<Self> {
-        let conv3 = |vb, c_in, c_out| CausalConv3d::load(vb, c_in, c_out, (3, 3, 3), (1, 1, 1), (1, 1, 1));
+        let conv3 =
+            |vb, c_in, c_out| CausalConv3d::load(vb, c_in, c_out, (3, 3, 3), (1, 1, 1), (1, 1, 1));
         let last = *d.dim_mult.last().unwrap_or(&1);
         let dims: Vec<usize> = std::iter::once(last)
             .chain(d.dim_mult.iter().rev().copied())
@@ -471,7 +359,13 @@ impl Decoder3d {
             let out_dim = pair[1];
             let vbu = vb.pp("up_blocks").pp(i);
             let resnets = (0..=d.num_res_blocks)
-                .map(|j| ResidualBlock::load(vbu.pp("resnets").pp(j), if j == 0 { in_dim } else { out_dim }, out_dim))
+                .map(|j| {
+                    ResidualBlock::load(
+                        vbu.pp("resnets").pp(j),
+                        if j == 0 { in_dim } else { out_dim },
+                        out_dim,
+                    )
+                })
                 .collect::<Result<Vec<_>>>()?;
             let upsampler = if i != d.dim_mult.len() - 1 {
                 let mode = if d.temporal[i] {

@@ -13,19 +13,35 @@ const AXIS_H: usize = 2;
 const AXIS_W: usize = 3;
 
 /// `video` `(B, C, F, H, W)` -> channels-last moments `(B, T, H/8, W/8, 2Z)`.
-pub(crate) fn tiled_encode(vae: &AutoencoderKlWan, video: &Tensor, t: &TilingConfig) -> Result<Tensor> {
+pub(crate) fn tiled_encode(
+    vae: &AutoencoderKlWan,
+    video: &Tensor,
+    t: &TilingConfig,
+) -> Result<Tensor> {
     let (_, _, _, height, width) = video.dims5()?;
     let s = vae.tile_scale();
     let (latent_h, latent_w) = (height / s, width / s);
     let (min_h, min_w) = (t.tile_sample_min_height / s, t.tile_sample_min_width / s);
-    let (stride_h, stride_w) = (t.tile_sample_stride_height / s, t.tile_sample_stride_width / s);
-    let rows = tiles(height, width, t.tile_sample_stride_height, t.tile_sample_stride_width, |i, j| {
-        let tile = video
-            .narrow(3, i, t.tile_sample_min_height.min(height - i))?
-            .narrow(4, j, t.tile_sample_min_width.min(width - j))?;
-        vae.encode_tile(&tile)
-    })?;
-    let blend = (min_h.saturating_sub(stride_h), min_w.saturating_sub(stride_w));
+    let (stride_h, stride_w) = (
+        t.tile_sample_stride_height / s,
+        t.tile_sample_stride_width / s,
+    );
+    let rows = tiles(
+        height,
+        width,
+        t.tile_sample_stride_height,
+        t.tile_sample_stride_width,
+        |i, j| {
+            let tile = video
+                .narrow(3, i, t.tile_sample_min_height.min(height - i))?
+                .narrow(4, j, t.tile_sample_min_width.min(width - j))?;
+            vae.encode_tile(&tile)
+        },
+    )?;
+    let blend = (
+        min_h.saturating_sub(stride_h),
+        min_w.saturating_sub(stride_w),
+    );
     stitch(rows, blend, (stride_h, stride_w), (latent_h, latent_w))
 }
 
@@ -39,7 +55,10 @@ pub(crate) fn tiled_decode(
     let (_, _, frames, height, width) = z.dims5()?;
     let s = vae.tile_scale();
     let (min_h, min_w) = (t.tile_sample_min_height / s, t.tile_sample_min_width / s);
-    let (stride_h, stride_w) = (t.tile_sample_stride_height / s, t.tile_sample_stride_width / s);
+    let (stride_h, stride_w) = (
+        t.tile_sample_stride_height / s,
+        t.tile_sample_stride_width / s,
+    );
     if stride_h == 0 || stride_w == 0 {
         candle_core::bail!("tile strides {t:?} are smaller than one latent pixel ({s} pixels)")
     }
@@ -47,15 +66,19 @@ pub(crate) fn tiled_decode(
     let total = n_tiles * frames;
     let mut done_tiles = 0;
     let rows = tiles(height, width, stride_h, stride_w, |i, j| {
-        let tile = z.narrow(3, i, min_h.min(height - i))?.narrow(4, j, min_w.min(width - j))?;
+        let tile = z
+            .narrow(3, i, min_h.min(height - i))?
+            .narrow(4, j, min_w.min(width - j))?;
         let base = done_tiles * frames;
         let out = vae.decode_tile(&tile, &mut |k| progress(base + k, total))?;
         done_tiles += 1;
         Ok(out)
     })?;
     let blend = (
-        t.tile_sample_min_height.saturating_sub(t.tile_sample_stride_height),
-        t.tile_sample_min_width.saturating_sub(t.tile_sample_stride_width),
+        t.tile_sample_min_height
+            .saturating_sub(t.tile_sample_stride_height),
+        t.tile_sample_min_width
+            .saturating_sub(t.tile_sample_stride_width),
     );
     let stride = (t.tile_sample_stride_height, t.tile_sample_stride_width);
     stitch(rows, blend, stride, (height * s, width * s))
@@ -107,7 +130,9 @@ fn stitch(
     }
     let full = Tensor::cat(&result_rows, AXIS_H)?;
     let (h, w) = (full.dim(AXIS_H)?.min(out.0), full.dim(AXIS_W)?.min(out.1));
-    full.narrow(AXIS_H, 0, h)?.narrow(AXIS_W, 0, w)?.contiguous()
+    full.narrow(AXIS_H, 0, h)?
+        .narrow(AXIS_W, 0, w)?
+        .contiguous()
 }
 
 /// The first `extent` rows (or columns, along `axis`) of `b` become
@@ -126,7 +151,8 @@ fn blend_into(a: &Tensor, b: &Tensor, extent: usize, axis: usize) -> Result<Tens
         Tensor::from_vec(v, shape.as_slice(), b.device())?.to_dtype(b.dtype())
     };
     let (w_a, w_b) = (ramp(|r| 1.0 - r)?, ramp(|r| r)?);
-    let head = (a.narrow(axis, la - e, e)?.broadcast_mul(&w_a)? + b.narrow(axis, 0, e)?.broadcast_mul(&w_b)?)?;
+    let head = (a.narrow(axis, la - e, e)?.broadcast_mul(&w_a)?
+        + b.narrow(axis, 0, e)?.broadcast_mul(&w_b)?)?;
     if e == lb {
         return Ok(head);
     }
