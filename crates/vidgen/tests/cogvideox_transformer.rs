@@ -97,14 +97,14 @@ fn rope_tables_match_the_pipeline() {
         .is_none());
 }
 
-/// One step of the pipeline's CFG batch ([uncond, cond] at the first timestep) through the model.
+/// Every step of the pipeline's CFG batch ([uncond, cond]) through the model: step `i` sees the
+/// latents the scheduler left after step `i - 1` (the initial noise for step 0; DDIM's
+/// `init_noise_sigma` is 1) and the scheduler's timestep.
 #[test]
-fn pipeline_first_step_noise_prediction_matches() {
+fn pipeline_noise_predictions_match_at_every_step() {
     for variant in ["2b", "5b"] {
         let reference = reference(variant);
         let model = load(variant, DType::F32);
-        let latents = &reference["pipeline.latents"]; // init_noise_sigma is 1
-        let batch = Tensor::cat(&[latents, latents], 0).unwrap();
         let text = Tensor::cat(
             &[
                 &reference["text.negative_prompt_embeds"],
@@ -113,17 +113,24 @@ fn pipeline_first_step_noise_prediction_matches() {
             0,
         )
         .unwrap();
-        let t0 = reference["pipeline.timesteps"]
-            .get(0)
-            .unwrap()
+        let timesteps = reference["pipeline.timesteps"]
             .to_dtype(DType::F32)
             .unwrap();
-        let timestep = Tensor::stack(&[&t0, &t0], 0).unwrap();
-        let out = model.forward(&batch, &text, &timestep).unwrap();
-        let want = reference["pipeline.noise_pred"].get(0).unwrap();
-        let err = max_abs_diff(&out, &want);
-        println!("{variant} pipeline step-0 noise_pred max abs error {err:e}");
-        assert!(err <= 1e-4, "{variant}: max abs error {err}");
+        for step in 0..timesteps.dim(0).unwrap() {
+            let latents = if step == 0 {
+                reference["pipeline.latents"].clone()
+            } else {
+                reference["pipeline.step_latents"].get(step - 1).unwrap()
+            };
+            let batch = Tensor::cat(&[&latents, &latents], 0).unwrap();
+            let t = timesteps.get(step).unwrap();
+            let timestep = Tensor::stack(&[&t, &t], 0).unwrap();
+            let out = model.forward(&batch, &text, &timestep).unwrap();
+            let want = reference["pipeline.noise_pred"].get(step).unwrap();
+            let err = max_abs_diff(&out, &want);
+            println!("{variant} pipeline step {step} noise_pred max abs error {err:e}");
+            assert!(err <= 1e-4, "{variant} step {step}: max abs error {err}");
+        }
     }
 }
 
