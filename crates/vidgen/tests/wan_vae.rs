@@ -128,6 +128,7 @@ fn default_config_is_wan21() {
 }
 
 #[test]
+#[allow(clippy::needless_range_loop)] // indexes three parallel lists
 fn denormalize_is_the_pipelines_formula() {
     let vae = load_vae(fixtures().join("wan/pipeline/vae"), DType::F32);
     let cfg = vae.config().clone();

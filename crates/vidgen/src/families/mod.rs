@@ -1,4 +1,5 @@
 //! Model families, one folder each.
 
+pub mod cogvideox;
 pub mod ltx;
 pub mod wan;
