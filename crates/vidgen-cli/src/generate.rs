@@ -9,8 +9,12 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use vidgen::pipeline::{GenerateRequest, LoadOptions, Stage, WanPipeline};
 
-/// The built-in model, shipped in the repository.
-pub const BUILTIN_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/tiny-world");
+/// The built-in model, shipped in the repository at `models/tiny-world`.
+pub fn builtin_model() -> PathBuf {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let repo = crate_dir.parent().and_then(Path::parent).unwrap_or(crate_dir);
+    repo.join("models").join("tiny-world")
+}
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -92,10 +96,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         None => None,
     };
 
-    let model_dir = args
-        .model
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(BUILTIN_MODEL));
+    let model_dir = args.model.clone().unwrap_or_else(builtin_model);
     if args.model.is_none() && !model_dir.join("model_index.json").is_file() {
         bail!(
             "the built-in model is not in this checkout ({}); pass --model DIR \
