@@ -83,9 +83,27 @@ pub(crate) fn alphas_cumprod(schedule: &TrainSchedule) -> Result<Vec<f32>, Strin
     Ok(alphas_cumprod)
 }
 
+/// `torch.linspace(start, end, n, dtype=float64)` on the CPU bit for bit: as
+/// [`torch_linspace_f32`], in f64.
+pub(crate) fn torch_linspace_f64(start: f64, end: f64, n: usize) -> Vec<f64> {
+    if n == 1 {
+        return vec![start];
+    }
+    let step = (end - start) / (n - 1) as f64;
+    (0..n)
+        .map(|i| {
+            if i < n / 2 {
+                step.mul_add(i as f64, start)
+            } else {
+                (-step).mul_add((n - 1 - i) as f64, end)
+            }
+        })
+        .collect()
+}
+
 /// `torch.linspace(start, end, n, dtype=float32)` on the CPU bit for bit: an f32 step, each
 /// value one fused multiply-add from the nearer end.
-fn torch_linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
+pub(crate) fn torch_linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
     if n == 1 {
         return vec![start];
     }
@@ -103,7 +121,7 @@ fn torch_linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
 
 /// The Glide cosine schedule: `β_i = min(1 - ᾱ((i+1)/n) / ᾱ(i/n), 0.999)` with
 /// `ᾱ(t) = cos²((t + 0.008) / 1.008 · π/2)`.
-fn squaredcos_cap_v2(n: usize) -> Vec<f32> {
+pub(crate) fn squaredcos_cap_v2(n: usize) -> Vec<f32> {
     let alpha_bar = |t: f64| {
         ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
             .cos()

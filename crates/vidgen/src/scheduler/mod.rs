@@ -17,11 +17,17 @@
 //! its settings ([`from_config_file`]); an unsupported class or option is an error that says
 //! what is supported, never a silent substitute.
 //!
+//! Over a discrete-time `ᾱ_t` schedule: UniPC (with betas), and CogVideoX's DDIM and
+//! stochastic DPM-Solver++ ([`ddim_cogvideox`], [`dpm_cogvideox`]), whose timesteps are integer
+//! training timesteps and whose model predicts `v` (or `ε`, or `x0`).
+//!
 //! Conventions shared by the flow-matching schedulers here: `sigma ∈ [0, 1]` is the noise level,
 //! `x_sigma = (1 - sigma) · x0 + sigma · noise`, the timestep is `sigma · num_train_timesteps`,
 //! and a flow model predicts the velocity `v = noise - x0`.
 
 mod betas;
+pub mod ddim_cogvideox;
+pub mod dpm_cogvideox;
 pub mod flow_match_euler;
 pub mod unipc;
 
@@ -32,6 +38,8 @@ use serde::Deserialize;
 
 use crate::{Error, Result};
 
+pub use ddim_cogvideox::{CogVideoXDDIMScheduler, CogVideoXSchedulerConfig};
+pub use dpm_cogvideox::CogVideoXDPMScheduler;
 pub use flow_match_euler::{FlowMatchEulerDiscreteConfig, FlowMatchEulerDiscreteScheduler};
 pub use unipc::{UniPCMultistepConfig, UniPCMultistepScheduler};
 
@@ -39,6 +47,8 @@ pub use unipc::{UniPCMultistepConfig, UniPCMultistepScheduler};
 pub const SUPPORTED: &[&str] = &[
     UniPCMultistepScheduler::CLASS_NAME,
     FlowMatchEulerDiscreteScheduler::CLASS_NAME,
+    CogVideoXDDIMScheduler::CLASS_NAME,
+    CogVideoXDPMScheduler::CLASS_NAME,
 ];
 
 /// A diffusion sampler as the pipeline's denoising loop uses it (see the module doc).
@@ -118,6 +128,12 @@ fn from_config_value(config: &serde_json::Value, path: &Path) -> Result<Box<dyn 
         FlowMatchEulerDiscreteScheduler::CLASS_NAME => {
             FlowMatchEulerDiscreteScheduler::new(parse_config(config, path)?)
                 .map(|s| Box::new(s) as _)
+        }
+        CogVideoXDDIMScheduler::CLASS_NAME => {
+            CogVideoXDDIMScheduler::new(parse_config(config, path)?).map(|s| Box::new(s) as _)
+        }
+        CogVideoXDPMScheduler::CLASS_NAME => {
+            CogVideoXDPMScheduler::new(parse_config(config, path)?).map(|s| Box::new(s) as _)
         }
         other => Err(Error::Unsupported {
             what: "scheduler",

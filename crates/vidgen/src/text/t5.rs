@@ -1,12 +1,16 @@
-//! The UMT5 encoder (`UMT5EncoderModel` of transformers), Wan's text encoder.
+//! The T5 encoder in its two flavours: `T5EncoderModel` of transformers (LTX-Video's and
+//! CogVideoX's text encoder) and `UMT5EncoderModel` (Wan's).
 //!
 //! A T5 encoder stack: pre-norm blocks of self-attention and a (gated) feed-forward, RMS
 //! norms without bias or mean, no 1/√d scaling of the attention scores (T5 folds it into the
-//! initialisation), and a learned relative-position bias. Unlike T5, where only the first
-//! layer owns the bias table and shares it, **every** UMT5 layer has its own.
+//! initialisation), and a learned relative-position bias. The two flavours differ only in
+//! where that bias lives ([`T5Variant`], from `config.json`'s `model_type`): in T5 only
+//! layer 0 owns a bias table and every later layer adds the bias layer 0 computed; in UMT5
+//! **every** layer has its own table.
 //!
 //! Weights keep the checkpoint's names: `shared.weight`,
-//! `encoder.block.{i}.layer.0.SelfAttention.{q,k,v,o,relative_attention_bias}.weight`,
+//! `encoder.block.{i}.layer.0.SelfAttention.{q,k,v,o}.weight`,
+//! `encoder.block.{i}.layer.0.SelfAttention.relative_attention_bias.weight` (T5: `i = 0` only),
 //! `encoder.block.{i}.layer.0.layer_norm.weight`,
 //! `encoder.block.{i}.layer.1.DenseReluDense.{wi_0,wi_1,wo}.weight` (`wi` when not gated),
 //! `encoder.block.{i}.layer.1.layer_norm.weight`, `encoder.final_layer_norm.weight`.
@@ -29,11 +33,26 @@ pub enum TokenIds {
     Many(Vec<u32>),
 }
 
-/// Serde mirror of transformers' `UMT5Config` (`config.json` of a `text_encoder/` folder).
-/// Keys are the file's; defaults are `UMT5Config.__init__`'s (those of `google/umt5-small`).
+/// Which of the two T5 encoders a config describes (`config.json`'s `model_type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum T5Variant {
+    /// `"t5"`: one relative-position bias table, in layer 0, shared by all layers.
+    T5,
+    /// `"umt5"`: a bias table in every layer. The default, for configs without `model_type`.
+    #[default]
+    Umt5,
+}
+
+/// Serde mirror of transformers' `T5Config` / `UMT5Config` (`config.json` of a
+/// `text_encoder/` folder). Keys are the file's; a key the file lacks takes the default of
+/// its `model_type`'s class ([`T5Config::default`] for UMT5, [`T5Config::t5_defaults`] for T5).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct Umt5Config {
+pub struct T5Config {
+    /// `model_type`: T5 or UMT5.
+    #[serde(rename = "model_type")]
+    pub variant: T5Variant,
     pub vocab_size: usize,
     /// Hidden size `D`.
     pub d_model: usize,
@@ -69,9 +88,11 @@ pub struct Umt5Config {
     pub is_decoder: bool,
 }
 
-impl Default for Umt5Config {
+/// `UMT5Config.__init__`'s defaults (those of `google/umt5-small`).
+impl Default for T5Config {
     fn default() -> Self {
         Self {
+            variant: T5Variant::Umt5,
             vocab_size: 250112,
             d_model: 512,
             d_kv: 64,
@@ -124,29 +145,65 @@ impl FfActivation {
     }
 }
 
-impl Umt5Config {
-    /// Reads and checks a `config.json`.
-    pub fn from_file(path: impl AsRef<Path>) -> crate::Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, e))?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| crate::Error::BadConfig {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        cfg.feed_forward().map_err(|e| crate::Error::BadConfig {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+impl T5Config {
+    /// `T5Config.__init__`'s defaults (those of `t5-small`), with `model_type` `"t5"`.
+    pub fn t5_defaults() -> Self {
+        Self {
+            variant: T5Variant::T5,
+            vocab_size: 32128,
+            d_ff: 2048,
+            num_layers: 6,
+            num_heads: 8,
+            feed_forward_proj: "relu".into(),
+            decoder_start_token_id: None,
+            ..Self::default()
+        }
+    }
+
+    /// Parses a `config.json`'s contents: `model_type` picks the variant and the defaults of
+    /// missing keys; a `model_type` other than `"t5"` / `"umt5"` is an error.
+    pub fn from_json(value: &serde_json::Value) -> std::result::Result<Self, String> {
+        let Some(keys) = value.as_object() else {
+            return Err("config.json is not a JSON object".into());
+        };
+        let mut merged = match keys.get("model_type").and_then(|v| v.as_str()) {
+            Some("t5") => serde_json::to_value(Self::t5_defaults()),
+            _ => serde_json::to_value(Self::default()),
+        }
+        .expect("config serializes");
+        let slots = merged
+            .as_object_mut()
+            .expect("a struct serializes to an object");
+        slots.extend(keys.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let cfg = Self::deserialize(&merged).map_err(|e| e.to_string())?;
+        cfg.feed_forward().map_err(|e| e.to_string())?;
         Ok(cfg)
     }
 
+    /// Reads and checks a `config.json` (see [`T5Config::from_json`]).
+    pub fn from_file(path: impl AsRef<Path>) -> crate::Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, e))?;
+        let bad = |reason: String| crate::Error::BadConfig {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        Self::from_json(&value).map_err(bad)
+    }
+
     /// Writes this config as a `text_encoder/config.json` that transformers'
-    /// `UMT5EncoderModel.from_pretrained` reads (`architectures` and `model_type` added).
+    /// `UMT5EncoderModel.from_pretrained` (or `T5EncoderModel`'s) reads (`architectures`
+    /// added).
     pub fn write_config_json(&self, path: impl AsRef<Path>) -> crate::Result<()> {
         let path = path.as_ref();
         let mut value = serde_json::to_value(self).expect("config serializes");
-        value["architectures"] = serde_json::json!(["UMT5EncoderModel"]);
-        value["model_type"] = serde_json::json!("umt5");
+        let architecture = match self.variant {
+            T5Variant::T5 => "T5EncoderModel",
+            T5Variant::Umt5 => "UMT5EncoderModel",
+        };
+        value["architectures"] = serde_json::json!([architecture]);
         let text = serde_json::to_string_pretty(&value).expect("JSON values serialize");
         std::fs::write(path, text + "\n").map_err(|e| crate::Error::io(path, e))
     }
@@ -174,7 +231,7 @@ impl Umt5Config {
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => FfActivation::GeluTanh,
             "silu" | "swish" => FfActivation::Silu,
             other => candle_core::bail!(
-                "UMT5 activation {other:?} is not supported; supported: {}",
+                "T5 activation {other:?} is not supported; supported: {}",
                 FfActivation::SUPPORTED
             ),
         };
@@ -217,12 +274,12 @@ pub fn relative_position_bucket(
 
 /// RMS norm without bias or mean subtraction, computed in f32.
 #[derive(Debug, Clone)]
-struct Umt5LayerNorm {
+struct T5LayerNorm {
     weight: Tensor,
     eps: f64,
 }
 
-impl Umt5LayerNorm {
+impl T5LayerNorm {
     fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get(size, "weight")?.to_dtype(DType::F32)?;
         Ok(Self { weight, eps })
@@ -238,42 +295,70 @@ impl Umt5LayerNorm {
     }
 }
 
-/// Self-attention with this layer's own relative-position bias.
+/// Self-attention with a relative-position bias (its own table, or the one of layer 0).
 #[derive(Debug, Clone)]
-struct Umt5Attention {
+struct T5Attention {
     q: Linear,
     k: Linear,
     v: Linear,
     o: Linear,
-    relative_attention_bias: Embedding,
+    /// `(buckets, H)`; `None` in T5's layers past the first.
+    relative_attention_bias: Option<Embedding>,
     num_heads: usize,
     d_kv: usize,
 }
 
-impl Umt5Attention {
-    fn new(cfg: &Umt5Config, vb: VarBuilder) -> Result<Self> {
+impl T5Attention {
+    fn new(cfg: &T5Config, has_relative_attention_bias: bool, vb: VarBuilder) -> Result<Self> {
         let inner = cfg.num_heads * cfg.d_kv;
-        let bias_table = vb.get(
-            (cfg.relative_attention_num_buckets, cfg.num_heads),
-            "relative_attention_bias.weight",
-        )?;
+        let relative_attention_bias = if has_relative_attention_bias {
+            let table = vb.get(
+                (cfg.relative_attention_num_buckets, cfg.num_heads),
+                "relative_attention_bias.weight",
+            )?;
+            Some(Embedding::new(table, cfg.num_heads))
+        } else {
+            None
+        };
         Ok(Self {
             q: linear_no_bias(cfg.d_model, inner, vb.pp("q"))?,
             k: linear_no_bias(cfg.d_model, inner, vb.pp("k"))?,
             v: linear_no_bias(cfg.d_model, inner, vb.pp("v"))?,
             o: linear_no_bias(inner, cfg.d_model, vb.pp("o"))?,
-            relative_attention_bias: Embedding::new(bias_table, cfg.num_heads),
+            relative_attention_bias,
             num_heads: cfg.num_heads,
             d_kv: cfg.d_kv,
         })
     }
 
+    /// This layer's position bias, `(1, H, L, L)` f32, or `None` when it has no table.
+    ///
+    /// * `buckets` — `(L·L,)` u32 bucket of every (query, key) pair, query-major
+    fn position_bias(&self, buckets: &Tensor, l: usize) -> Result<Option<Tensor>> {
+        let Some(table) = &self.relative_attention_bias else {
+            return Ok(None);
+        };
+        // (L·L, H) -> h lq lk -> 1 h lq lk
+        let bias = table
+            .forward(buckets)?
+            .to_dtype(DType::F32)?
+            .reshape((l, l, self.num_heads))?
+            .permute((2, 0, 1))?
+            .unsqueeze(0)?;
+        Ok(Some(bias))
+    }
+
     /// * `xs` — `(B, L, D)` normed hidden states, weights' dtype
-    /// * `buckets` — `(L·L,)` u32 bucket of every (query, key) pair, row-major
+    /// * `position_bias` — `(1, H, L, L)` f32
     /// * `mask` — `(B, 1, 1, L)` f32, 0 to keep a key and f32::MIN to drop it
     ///
     /// Returns `(B, L, D)` in the weights' dtype.
-    fn forward(&self, xs: &Tensor, buckets: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        position_bias: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, l, _) = xs.dims3()?;
         let heads = |t: Tensor| -> Result<Tensor> {
             // b l (h dk) -> b h l dk
@@ -287,15 +372,7 @@ impl Umt5Attention {
 
         // No 1/√dk: T5 scales the query weights at initialisation instead.
         let scores = query.matmul(&key.t()?)?.to_dtype(DType::F32)?; // (B, H, L, L)
-                                                                     // (L·L, H) -> h lq lk -> 1 h lq lk
-        let position_bias = self
-            .relative_attention_bias
-            .forward(buckets)?
-            .to_dtype(DType::F32)?
-            .reshape((l, l, self.num_heads))?
-            .permute((2, 0, 1))?
-            .unsqueeze(0)?;
-        let mut scores = scores.broadcast_add(&position_bias)?;
+        let mut scores = scores.broadcast_add(position_bias)?;
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }
@@ -311,15 +388,15 @@ impl Umt5Attention {
 
 /// `DenseReluDense`: `wo(act(wi_0 x) * wi_1 x)` when gated, `wo(act(wi x))` otherwise.
 #[derive(Debug, Clone)]
-struct Umt5FeedForward {
+struct T5FeedForward {
     wi: Linear,
     wi_gate: Option<Linear>,
     wo: Linear,
     activation: FfActivation,
 }
 
-impl Umt5FeedForward {
-    fn new(cfg: &Umt5Config, vb: VarBuilder) -> Result<Self> {
+impl T5FeedForward {
+    fn new(cfg: &T5Config, vb: VarBuilder) -> Result<Self> {
         let (activation, gated) = cfg.feed_forward()?;
         let (wi, wi_gate) = if gated {
             let wi_0 = linear_no_bias(cfg.d_model, cfg.d_ff, vb.pp("wi_0"))?;
@@ -349,37 +426,41 @@ impl Umt5FeedForward {
 /// One encoder block: `layer.0` (norm, self-attention, residual) then `layer.1` (norm,
 /// feed-forward, residual).
 #[derive(Debug, Clone)]
-struct Umt5Block {
-    attention_norm: Umt5LayerNorm,
-    attention: Umt5Attention,
-    ff_norm: Umt5LayerNorm,
-    ff: Umt5FeedForward,
+struct T5Block {
+    attention_norm: T5LayerNorm,
+    attention: T5Attention,
+    ff_norm: T5LayerNorm,
+    ff: T5FeedForward,
 }
 
-impl Umt5Block {
-    fn new(cfg: &Umt5Config, vb: VarBuilder) -> Result<Self> {
+impl T5Block {
+    fn new(cfg: &T5Config, has_relative_attention_bias: bool, vb: VarBuilder) -> Result<Self> {
         let (eps, d) = (cfg.layer_norm_epsilon, cfg.d_model);
         let attn_vb = vb.pp("layer").pp(0);
         let ff_vb = vb.pp("layer").pp(1);
         Ok(Self {
-            attention_norm: Umt5LayerNorm::new(d, eps, attn_vb.pp("layer_norm"))?,
-            attention: Umt5Attention::new(cfg, attn_vb.pp("SelfAttention"))?,
-            ff_norm: Umt5LayerNorm::new(d, eps, ff_vb.pp("layer_norm"))?,
-            ff: Umt5FeedForward::new(cfg, ff_vb.pp("DenseReluDense"))?,
+            attention_norm: T5LayerNorm::new(d, eps, attn_vb.pp("layer_norm"))?,
+            attention: T5Attention::new(
+                cfg,
+                has_relative_attention_bias,
+                attn_vb.pp("SelfAttention"),
+            )?,
+            ff_norm: T5LayerNorm::new(d, eps, ff_vb.pp("layer_norm"))?,
+            ff: T5FeedForward::new(cfg, ff_vb.pp("DenseReluDense"))?,
         })
     }
 
-    /// `hidden_states` `(B, L, D)` f32 → `(B, L, D)` f32.
+    /// `hidden_states` `(B, L, D)` f32 → `(B, L, D)` f32; `position_bias` `(1, H, L, L)` f32.
     fn forward(
         &self,
         hidden_states: &Tensor,
-        buckets: &Tensor,
+        position_bias: &Tensor,
         mask: Option<&Tensor>,
         dtype: DType,
     ) -> Result<Tensor> {
         // 1. self-attention
         let normed = self.attention_norm.forward(hidden_states, dtype)?;
-        let attn = self.attention.forward(&normed, buckets, mask)?;
+        let attn = self.attention.forward(&normed, position_bias, mask)?;
         let hidden_states = (hidden_states + attn.to_dtype(DType::F32)?)?;
         // 2. feed-forward
         let normed = self.ff_norm.forward(&hidden_states, dtype)?;
@@ -388,24 +469,26 @@ impl Umt5Block {
     }
 }
 
-/// transformers' `UMT5EncoderModel`: token embedding, encoder blocks, final norm.
+/// transformers' `T5EncoderModel` / `UMT5EncoderModel` (by [`T5Config::variant`]): token
+/// embedding, encoder blocks, final norm.
 #[derive(Debug, Clone)]
-pub struct Umt5EncoderModel {
+pub struct T5EncoderModel {
     shared: Embedding,
-    blocks: Vec<Umt5Block>,
-    final_layer_norm: Umt5LayerNorm,
+    blocks: Vec<T5Block>,
+    final_layer_norm: T5LayerNorm,
     num_buckets: usize,
     max_distance: usize,
     dtype: DType,
     device: Device,
 }
 
-impl Umt5EncoderModel {
-    /// Builds the encoder from a `UMT5EncoderModel` checkpoint (the encoder half of a
-    /// `UMT5Model` / `UMT5ForConditionalGeneration` one loads too; a T5 one does not, as its
-    /// layers past the first have no bias table). The embedding is `shared.weight`, or `encoder.embed_tokens.weight` in checkpoints that
+impl T5EncoderModel {
+    /// Builds the encoder from a `T5EncoderModel` or `UMT5EncoderModel` checkpoint, as
+    /// `cfg.variant` says (the encoder half of a `*Model` / `*ForConditionalGeneration` one
+    /// loads too). A UMT5 config over T5 weights fails naming layer 1's missing bias table.
+    /// The embedding is `shared.weight`, or `encoder.embed_tokens.weight` in checkpoints that
     /// store only the tied copy. Compute dtype is `vb.dtype()`.
-    pub fn new(cfg: &Umt5Config, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &T5Config, vb: VarBuilder) -> Result<Self> {
         cfg.feed_forward()?;
         let embed_name = ["shared.weight", "encoder.embed_tokens.weight"]
             .into_iter()
@@ -417,9 +500,12 @@ impl Umt5EncoderModel {
         );
         let encoder = vb.pp("encoder");
         let blocks = (0..cfg.num_layers)
-            .map(|i| Umt5Block::new(cfg, encoder.pp("block").pp(i)))
+            .map(|i| {
+                let has_bias = i == 0 || cfg.variant == T5Variant::Umt5;
+                T5Block::new(cfg, has_bias, encoder.pp("block").pp(i))
+            })
             .collect::<Result<Vec<_>>>()?;
-        let final_layer_norm = Umt5LayerNorm::new(
+        let final_layer_norm = T5LayerNorm::new(
             cfg.d_model,
             cfg.layer_norm_epsilon,
             encoder.pp("final_layer_norm"),
@@ -474,8 +560,16 @@ impl Umt5EncoderModel {
         let buckets = self.bucket_ids(l)?;
 
         let mut hidden_states = self.shared.forward(&input_ids)?.to_dtype(DType::F32)?;
+        // T5: layer 0's bias is added in every layer; UMT5: each layer computes its own.
+        let mut position_bias: Option<Tensor> = None;
         for block in &self.blocks {
-            hidden_states = block.forward(&hidden_states, &buckets, mask.as_ref(), self.dtype)?;
+            if let Some(own) = block.attention.position_bias(&buckets, l)? {
+                position_bias = Some(own);
+            }
+            let Some(bias) = &position_bias else {
+                candle_core::bail!("the first encoder layer has no relative_attention_bias");
+            };
+            hidden_states = block.forward(&hidden_states, bias, mask.as_ref(), self.dtype)?;
         }
         self.final_layer_norm.forward(&hidden_states, self.dtype)
     }
@@ -497,7 +591,8 @@ impl Umt5EncoderModel {
 mod tests {
     use super::*;
 
-    /// Buckets printed by transformers' `UMT5Attention._relative_position_bucket`
+    /// Buckets printed by transformers' `UMT5Attention._relative_position_bucket` (the same
+    /// function as T5's)
     /// (encoder, so bidirectional) for offsets around the log-bucket boundaries.
     #[test]
     fn buckets_match_transformers() {
@@ -525,34 +620,66 @@ mod tests {
     fn config_round_trips_through_config_json() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
-        let cfg = Umt5Config {
+        let cfg = T5Config {
             d_model: 32,
             num_layers: 2,
             feed_forward_proj: "gated-relu".into(),
             ..Default::default()
         };
         cfg.write_config_json(&path).unwrap();
-        assert_eq!(Umt5Config::from_file(&path).unwrap(), cfg);
+        assert_eq!(T5Config::from_file(&path).unwrap(), cfg);
         let raw: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(raw["model_type"], "umt5");
         assert!(raw.get("dense_act_fn").is_none());
     }
 
+    /// Missing keys take the defaults of `model_type`'s class; other model types are refused.
+    #[test]
+    fn model_type_picks_variant_and_defaults() {
+        let t5 = T5Config::from_json(&serde_json::json!({"model_type": "t5", "d_model": 64}));
+        let t5 = t5.unwrap();
+        assert_eq!(t5.variant, T5Variant::T5);
+        assert_eq!((t5.d_model, t5.d_ff, t5.num_layers), (64, 2048, 6));
+        assert_eq!(t5.feed_forward().unwrap(), (FfActivation::Relu, false));
+        let umt5 = T5Config::from_json(&serde_json::json!({"model_type": "umt5"})).unwrap();
+        assert_eq!(umt5, T5Config::default());
+        let untyped = T5Config::from_json(&serde_json::json!({"num_layers": 3})).unwrap();
+        assert_eq!(untyped.variant, T5Variant::Umt5);
+        let err = T5Config::from_json(&serde_json::json!({"model_type": "mt5"})).unwrap_err();
+        assert!(err.contains("mt5"), "{err}");
+    }
+
+    #[test]
+    fn t5_config_round_trips_through_config_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let cfg = T5Config {
+            d_model: 32,
+            ..T5Config::t5_defaults()
+        };
+        cfg.write_config_json(&path).unwrap();
+        assert_eq!(T5Config::from_file(&path).unwrap(), cfg);
+        let raw: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(raw["model_type"], "t5");
+        assert_eq!(raw["architectures"][0], "T5EncoderModel");
+    }
+
     #[test]
     fn config_defaults_and_activations() {
-        let cfg: Umt5Config = serde_json::from_str("{}").unwrap();
-        assert_eq!(cfg, Umt5Config::default());
+        let cfg: T5Config = serde_json::from_str("{}").unwrap();
+        assert_eq!(cfg, T5Config::default());
         assert_eq!(cfg.feed_forward().unwrap(), (FfActivation::GeluTanh, true));
-        let relu: Umt5Config = serde_json::from_str(r#"{"feed_forward_proj": "relu"}"#).unwrap();
+        let relu: T5Config = serde_json::from_str(r#"{"feed_forward_proj": "relu"}"#).unwrap();
         assert_eq!(relu.feed_forward().unwrap(), (FfActivation::Relu, false));
         // A saved `dense_act_fn` wins, as in transformers.
-        let saved: Umt5Config =
+        let saved: T5Config =
             serde_json::from_str(r#"{"feed_forward_proj": "gated-gelu", "dense_act_fn": "gelu"}"#)
                 .unwrap();
         assert_eq!(saved.feed_forward().unwrap(), (FfActivation::Gelu, true));
         for bad in ["gated-foo", "a-b-c", "gated-"] {
-            let cfg = Umt5Config {
+            let cfg = T5Config {
                 feed_forward_proj: bad.into(),
                 ..Default::default()
             };
