@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use vidgen::pipeline::{GenerateRequest, LoadOptions, Stage, WanPipeline};
+use vidgen::pipeline::{GenerateRequest, LoadOptions, Stage};
 
 /// The built-in model, shipped in the repository at `models/tiny-world`.
 pub fn builtin_model() -> PathBuf {
@@ -80,15 +80,6 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if let Some(path) = &args.save_frames {
         check_output_path(path, &["safetensors"])?;
     }
-    if args.decode_timestep.is_some() || args.decode_noise_scale.is_some() {
-        bail!(
-            "--decode-timestep and --decode-noise-scale apply to timestep-conditioned VAE \
-             decoders (LTX-Video); Wan's decoder takes neither"
-        );
-    }
-    if args.fps == Some(0) {
-        bail!("--fps must be at least 1");
-    }
     let dtype = parse_dtype(&args.dtype)?;
     let device = parse_device(&args.device)?;
     let latents = match &args.latents {
@@ -105,7 +96,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         );
     }
     let started = Instant::now();
-    let mut pipeline = WanPipeline::load(
+    let mut pipeline = vidgen::pipeline::load(
         &model_dir,
         LoadOptions {
             dtype,
@@ -127,9 +118,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         seed,
         max_sequence_length: args.max_sequence_length,
         latents,
+        fps: args.fps,
+        decode_timestep: args.decode_timestep,
+        decode_noise_scale: args.decode_noise_scale,
     };
     let settings = pipeline.resolve(&request)?;
-    let fps = args.fps.unwrap_or(pipeline.defaults().fps);
     eprintln!(
         "{} frames at {}x{}, {} steps, guidance {}, seed {}, {}",
         settings.num_frames,
@@ -147,6 +140,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 
     let (f, h, w, _) = generated.frames.dims4()?;
     let data = generated.frames.flatten_all()?.to_vec1::<f32>()?;
+    let fps = generated.settings.fps;
     let video = vidgen_video::Frames::new(f, h, w, fps as f32, data)?;
     if let Some(path) = &args.save_frames {
         vidgen_video::write_frames_safetensors(path, &video)
@@ -154,8 +148,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     vidgen_video::write(&args.output, &video)
         .with_context(|| format!("writing {}", args.output.display()))?;
-    let record =
-        serde_json::json!({ "settings": generated.settings, "fps": fps, "model": pipeline.dir() });
+    let record = serde_json::json!({
+        "settings": generated.settings,
+        "model": pipeline.dir(),
+        "seconds": generated.timings,
+    });
     let sidecar = sidecar_path(&args.output);
     write_atomic(&sidecar, serde_json::to_string_pretty(&record)?.as_bytes())?;
     let t = generated.timings;

@@ -155,6 +155,10 @@ fn impossible_sizes_and_settings_are_refused_with_what_is_accepted() {
     );
     let err = fails(&model, &["--steps", "0"], "o.mp4");
     assert!(err.contains("steps must be at least 1"), "{err}");
+    let err = fails(&model, &["--decode-timestep", "0.05"], "o.mp4");
+    assert!(err.contains("Wan's decoder takes neither"), "{err}");
+    let err = fails(&model, &["--fps", "0"], "o.mp4");
+    assert!(err.contains("fps must be at least 1"), "{err}");
     let err = fails(&model, &[], "o.avi");
     assert!(err.contains("use one of: .mp4, .gif, .png"), "{err}");
     let err = fails(

@@ -73,7 +73,7 @@ pub fn describe(path: &Path) -> Result<ModelInfo> {
         return Err(Error::Unsupported {
             what: "pipeline",
             name: pipeline,
-            supported: SUPPORTED_PIPELINES.into(),
+            supported: SUPPORTED_PIPELINES.join(", "),
         });
     }
     let t: WanTransformerConfig = read_json(&dir.join("transformer/config.json"))?;
@@ -81,8 +81,8 @@ pub fn describe(path: &Path) -> Result<ModelInfo> {
     let e = Umt5Config::from_file(dir.join("text_encoder/config.json"))?;
     let tokenizer = PromptTokenizer::from_file(dir.join("tokenizer/tokenizer.json"))?;
     let scheduler = class_name(&dir.join("scheduler/scheduler_config.json"))?;
-    let (tf, sf) = crate::pipeline::vae_scale_factors(&v);
-    let defaults = ModelDefaults::load(&dir)?;
+    let (tf, sf) = crate::families::wan::pipeline::vae_scale_factors(&v);
+    let defaults = ModelDefaults::load(&dir, ModelDefaults::default())?;
     Ok(ModelInfo {
         pipeline,
         family: "wan".into(),

@@ -1,27 +1,20 @@
-//! The text-to-video pipeline, written out as one loop:
-//! encode prompt → noise → denoise with classifier-free guidance → VAE decode → frames.
-//!
-//! Components are built from the model folder when they are needed and, unless
-//! [`LoadOptions::keep_loaded`] is set, dropped right after use: the text encoder once the
-//! prompt is encoded, the transformer once the latents are denoised. Weights are memory-mapped,
-//! so rebuilding a component re-reads the page cache, not the disk.
+//! What every text-to-video pipeline shares: the request, the settings it resolves to, the
+//! result, progress reports, and [`load`], which opens a model folder as the pipeline its
+//! `model_index.json` names. Each family writes its loop out in full in its own folder
+//! (`families::wan::pipeline`): encode prompt → noise → denoise with classifier-free
+//! guidance → VAE decode → frames.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::checkpoint::{class_name, read_json, resolve_model_dir, Weights};
-use crate::families::wan::config::{WanPipelineIndex, WanTransformerConfig};
-use crate::families::wan::transformer::WanTransformer3D;
-use crate::families::wan::vae::{AutoencoderKlWan, AutoencoderKlWanConfig};
-use crate::scheduler;
-use crate::text::{encode_prompts, PromptTokenizer, Umt5Config, Umt5EncoderModel};
 use crate::{Error, Result};
 
-/// Pipeline classes vidgen runs, for error messages.
-pub const SUPPORTED_PIPELINES: &str = "WanPipeline";
+/// Pipeline classes vidgen runs (`model_index.json`'s `_class_name`).
+pub const SUPPORTED_PIPELINES: &[&str] = &["WanPipeline"];
 
 /// Where and how to run the model.
 #[derive(Debug, Clone)]
@@ -44,8 +37,9 @@ impl Default for LoadOptions {
     }
 }
 
-/// Generation defaults of a model: diffusers' `WanPipeline.__call__` defaults, overridden by an
-/// optional `vidgen.json` at the model folder's root (vidgen's own models ship one).
+/// Generation defaults of a model: its pipeline's `__call__` defaults in diffusers, overridden
+/// key by key by an optional `vidgen.json` at the model folder's root (vidgen's own models
+/// ship one). `Default` gives Wan's.
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default)]
 pub struct ModelDefaults {
@@ -75,14 +69,22 @@ impl Default for ModelDefaults {
 }
 
 impl ModelDefaults {
-    /// The defaults of the model folder `dir`: its `vidgen.json`, else diffusers'.
-    pub fn load(dir: &Path) -> Result<Self> {
+    /// The defaults of the model folder `dir`: the keys of its `vidgen.json` over `base` (the
+    /// family's).
+    pub fn load(dir: &Path, base: ModelDefaults) -> Result<Self> {
         let path = dir.join("vidgen.json");
-        if path.is_file() {
-            read_json(&path)
-        } else {
-            Ok(Self::default())
+        if !path.is_file() {
+            return Ok(base);
         }
+        let overrides: serde_json::Map<String, serde_json::Value> = read_json(&path)?;
+        let mut merged = serde_json::to_value(base).expect("defaults serialise");
+        for (key, value) in overrides {
+            merged[key] = value;
+        }
+        serde_json::from_value(merged).map_err(|e| Error::BadConfig {
+            path,
+            reason: e.to_string(),
+        })
     }
 }
 
@@ -98,8 +100,14 @@ pub struct GenerateRequest {
     pub guidance_scale: Option<f64>,
     pub seed: u64,
     pub max_sequence_length: Option<usize>,
-    /// Initial noise `(1, C, T, H, W)` as diffusers' `latents=`; sizes default to its own.
+    /// Initial noise exactly as the family's diffusers pipeline takes `latents=` (Wan:
+    /// `(1, C, T, H, W)`); sizes then default to the latents'.
     pub latents: Option<Tensor>,
+    /// Frame rate of the output, which frame-rate-conditioned models (LTX) also receive.
+    pub fps: Option<u32>,
+    /// For timestep-conditioned VAE decoders (LTX): the decode timestep and noise scale.
+    pub decode_timestep: Option<f64>,
+    pub decode_noise_scale: Option<f64>,
 }
 
 /// The settings a generation actually ran with (defaults filled in).
@@ -114,6 +122,7 @@ pub struct Settings {
     pub guidance_scale: f64,
     pub seed: u64,
     pub max_sequence_length: usize,
+    pub fps: u32,
     pub scheduler: String,
 }
 
@@ -154,444 +163,72 @@ pub struct Progress {
     pub total: usize,
 }
 
-/// A Wan-architecture text-to-video pipeline over a diffusers model folder.
-pub struct WanPipeline {
-    dir: PathBuf,
-    opts: LoadOptions,
-    transformer_cfg: WanTransformerConfig,
-    vae_cfg: AutoencoderKlWanConfig,
-    text_cfg: Umt5Config,
-    tokenizer: PromptTokenizer,
-    scheduler_config: PathBuf,
-    scheduler_class: String,
-    defaults: ModelDefaults,
-    text_encoder: Option<Umt5EncoderModel>,
-    transformer: Option<WanTransformer3D>,
-    vae: Option<AutoencoderKlWan>,
-}
 
-impl WanPipeline {
-    /// Opens the model folder `path` (or a Hugging Face cache folder holding one): reads every
-    /// config, checks every weight file, and builds nothing yet.
-    pub fn load(path: &Path, opts: LoadOptions) -> Result<Self> {
-        let dir = resolve_model_dir(path)?;
-        let index_path = dir.join("model_index.json");
-        let index: WanPipelineIndex = read_json(&index_path)?;
-        if index.class_name != "WanPipeline" {
-            return Err(Error::Unsupported {
-                what: "pipeline",
-                name: index.class_name,
-                supported: SUPPORTED_PIPELINES.into(),
-            });
-        }
-        if index.boundary_ratio.is_some() || index.expand_timesteps == Some(true) {
-            return Err(Error::Unsupported {
-                what: "Wan pipeline option",
-                name: "boundary_ratio / expand_timesteps (Wan2.2)".into(),
-                supported: "Wan2.1-style single-transformer pipelines".into(),
-            });
-        }
-        let transformer_cfg: WanTransformerConfig =
-            read_config(&dir, "transformer", "WanTransformer3DModel")?;
-        let config_error = |component: &str, reason: String| Error::BadConfig {
-            path: dir.join(component).join("config.json"),
-            reason,
-        };
-        transformer_cfg
-            .validate()
-            .map_err(|r| config_error("transformer", r))?;
-        let vae_cfg: AutoencoderKlWanConfig = read_config(&dir, "vae", "AutoencoderKLWan")?;
-        vae_cfg.check()?;
-        let text_cfg = Umt5Config::from_file(dir.join("text_encoder").join("config.json"))?;
-        // The components must fit together.
-        for (key, value, other, other_value) in [
-            (
-                "text_dim",
-                transformer_cfg.text_dim,
-                "the text encoder's d_model",
-                text_cfg.d_model,
-            ),
-            (
-                "in_channels",
-                transformer_cfg.in_channels,
-                "the VAE's z_dim",
-                vae_cfg.z_dim,
-            ),
-        ] {
-            if value != other_value {
-                return Err(config_error(
-                    "transformer",
-                    format!("{key} {value} does not match {other} {other_value}"),
-                ));
-            }
-        }
-        let tokenizer = PromptTokenizer::from_file(dir.join("tokenizer").join("tokenizer.json"))?;
-        let scheduler_config = dir.join("scheduler").join("scheduler_config.json");
-        // Fail now, not after the text encoder ran, if the scheduler is not supported.
-        let scheduler_class = scheduler::from_config_file(&scheduler_config)?
-            .class_name()
-            .to_string();
-        for component in ["transformer", "vae", "text_encoder"] {
-            crate::checkpoint::weight_files(&dir.join(component))?;
-        }
-        let defaults = ModelDefaults::load(&dir)?;
-        Ok(Self {
-            dir,
-            opts,
-            transformer_cfg,
-            vae_cfg,
-            text_cfg,
-            tokenizer,
-            scheduler_config,
-            scheduler_class,
-            defaults,
-            text_encoder: None,
-            transformer: None,
-            vae: None,
-        })
-    }
-
+/// A text-to-video pipeline over a model folder.
+pub trait VideoPipeline {
     /// The folder the model was loaded from (a snapshot folder for a cache path).
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
+    fn dir(&self) -> &Path;
 
-    pub fn defaults(&self) -> &ModelDefaults {
-        &self.defaults
-    }
-
-    pub fn transformer_config(&self) -> &WanTransformerConfig {
-        &self.transformer_cfg
-    }
-
-    pub fn vae_config(&self) -> &AutoencoderKlWanConfig {
-        &self.vae_cfg
-    }
-
-    /// `(temporal, spatial)` compression of the VAE.
-    pub fn vae_scale_factors(&self) -> (usize, usize) {
-        vae_scale_factors(&self.vae_cfg)
-    }
+    /// The model's generation defaults.
+    fn defaults(&self) -> &ModelDefaults;
 
     /// Fills in defaults and checks every size and setting before any heavy work.
-    pub fn resolve(&self, req: &GenerateRequest) -> Result<Settings> {
-        let d = &self.defaults;
-        let (tf, sf) = self.vae_scale_factors();
-        let (_, ph, pw) = self
-            .transformer_cfg
-            .patch()
-            .map_err(Error::InvalidRequest)?;
-        let from_latents = match &req.latents {
-            Some(l) => {
-                let (b, c, t, h, w) = l.dims5().map_err(|_| {
-                    Error::InvalidRequest(format!(
-                        "latents must be (B, C, T, H, W), got {:?}",
-                        l.shape()
-                    ))
-                })?;
-                if b != 1 || c != self.transformer_cfg.in_channels || t * h * w == 0 {
-                    return Err(Error::InvalidRequest(format!(
-                        "latents must be (1, {}, T, H, W), got {:?}",
-                        self.transformer_cfg.in_channels,
-                        l.dims()
-                    )));
-                }
-                Some(((t - 1) * tf + 1, h * sf, w * sf))
-            }
-            None => None,
-        };
-        let num_frames = req
-            .num_frames
-            .or(from_latents.map(|s| s.0))
-            .unwrap_or(d.num_frames);
-        let height = req.height.or(from_latents.map(|s| s.1)).unwrap_or(d.height);
-        let width = req.width.or(from_latents.map(|s| s.2)).unwrap_or(d.width);
-        let settings = Settings {
-            prompt: req.prompt.clone(),
-            negative_prompt: req
-                .negative_prompt
-                .clone()
-                .unwrap_or_else(|| d.negative_prompt.clone()),
-            num_frames,
-            height,
-            width,
-            num_inference_steps: req.num_inference_steps.unwrap_or(d.num_inference_steps),
-            guidance_scale: req.guidance_scale.unwrap_or(d.guidance_scale),
-            seed: req.seed,
-            max_sequence_length: req.max_sequence_length.unwrap_or(d.max_sequence_length),
-            scheduler: self.scheduler_class.clone(),
-        };
-        let bad = |msg: String| Err(Error::InvalidRequest(msg));
-        if num_frames == 0 || !(num_frames - 1).is_multiple_of(tf) {
-            return bad(format!(
-                "frames must be of the form {tf}k+1 (1, {}, {}, …, 81, …), got {num_frames}",
-                tf + 1,
-                2 * tf + 1
-            ));
-        }
-        let (hm, wm) = (sf * ph, sf * pw);
-        if height == 0 || width == 0 || !height.is_multiple_of(hm) || !width.is_multiple_of(wm) {
-            return bad(format!(
-                "height and width must be positive multiples of {hm} and {wm} \
-                 (VAE factor {sf} × patch), got {height}x{width}"
-            ));
-        }
-        if settings.num_inference_steps == 0 {
-            return bad("steps must be at least 1".into());
-        }
-        if !settings.guidance_scale.is_finite() || settings.guidance_scale < 0.0 {
-            return bad(format!(
-                "guidance must be a finite number ≥ 0 (1 or less turns guidance off), got {}",
-                settings.guidance_scale
-            ));
-        }
-        if settings.max_sequence_length == 0 {
-            return bad("max-sequence-length must be at least 1".into());
-        }
-        let latent = self.latent_shape(&settings);
-        let (pt, _, _) = self
-            .transformer_cfg
-            .patch()
-            .map_err(Error::InvalidRequest)?;
-        if !latent.2.is_multiple_of(pt) {
-            return bad(format!(
-                "this model's temporal patch is {pt} latent frames, so the latent frame count \
-                 (frames - 1) / {tf} + 1 must be a multiple of {pt}; {num_frames} frames give {}",
-                latent.2
-            ));
-        }
-        let grid = [latent.2 / pt, latent.3 / ph, latent.4 / pw];
-        let max = self.transformer_cfg.rope_max_seq_len;
-        if grid.iter().any(|&g| g > max) {
-            return bad(format!(
-                "this model's position tables cover at most {max} patches per axis; \
-                 {num_frames} frames at {height}x{width} need {grid:?}"
-            ));
-        }
-        if let Some(l) = &req.latents {
-            if l.dims() != [latent.0, latent.1, latent.2, latent.3, latent.4] {
-                return bad(format!(
-                    "latents {:?} do not fit {num_frames} frames at {height}x{width}, \
-                     which need {latent:?}",
-                    l.dims()
-                ));
-            }
-        }
-        Ok(settings)
-    }
-
-    /// `(1, C, T, H/8, W/8)` for the settings' size.
-    pub fn latent_shape(&self, s: &Settings) -> (usize, usize, usize, usize, usize) {
-        let (tf, sf) = self.vae_scale_factors();
-        (
-            1,
-            self.transformer_cfg.in_channels,
-            (s.num_frames - 1) / tf + 1,
-            s.height / sf,
-            s.width / sf,
-        )
-    }
+    fn resolve(&self, req: &GenerateRequest) -> Result<Settings>;
 
     /// Runs the whole pipeline, reporting progress after every step and decoded latent frame.
-    pub fn generate(
+    fn generate(
         &mut self,
         req: &GenerateRequest,
         progress: &mut dyn FnMut(Progress),
-    ) -> Result<Generated> {
-        let settings = self.resolve(req)?;
-        let device = self.opts.device.clone();
-        let do_cfg = settings.guidance_scale > 1.0;
+    ) -> Result<Generated>;
+}
 
-        // 1. Text states: (1, L, D_txt) for the prompt, and the negative prompt under guidance.
-        let mut prompts = vec![settings.prompt.as_str()];
-        if do_cfg {
-            prompts.push(settings.negative_prompt.as_str());
-        }
-        let clock = std::time::Instant::now();
-        let text_states = self.encode_text(&prompts, settings.max_sequence_length)?;
-        let mut timings = Timings {
-            text_encoder: clock.elapsed().as_secs_f64(),
-            ..Timings::default()
-        };
-        let clock = std::time::Instant::now();
-
-        // 2. Initial noise (1, C, T, H, W): the caller's, or vidgen's seeded generator.
-        let mut latents = match &req.latents {
-            Some(l) => l.to_dtype(DType::F32)?.to_device(&device)?,
-            None => crate::noise::randn(settings.seed, self.latent_shape(&settings), &device)?,
-        };
-
-        // 3. Denoise. With guidance the prompt and the negative prompt run as one batch of 2.
-        let mut scheduler = scheduler::from_config_file(&self.scheduler_config)?;
-        scheduler.set_timesteps(settings.num_inference_steps)?;
-        let timesteps = scheduler.timesteps().to_vec();
-        let transformer = self.transformer()?;
-        let text_states = transformer.embed_text(&text_states)?; // (B, L, D)
-        let batch = text_states.dim(0)?;
-        for (i, &t) in timesteps.iter().enumerate() {
-            let model_input = latents
-                .to_dtype(transformer.dtype())?
-                .repeat((batch, 1, 1, 1, 1))?;
-            let timestep = Tensor::full(t as f32, batch, &device)?;
-            let out = transformer
-                .forward_with_text(&model_input, &timestep, &text_states)?
-                .to_dtype(DType::F32)?;
-            let noise_pred = if do_cfg {
-                let (cond, uncond) = (out.narrow(0, 0, 1)?, out.narrow(0, 1, 1)?);
-                // uncond + g · (cond − uncond)
-                (&uncond + ((cond - &uncond)? * settings.guidance_scale)?)?
-            } else {
-                out
-            };
-            latents = scheduler.step(&noise_pred, t, &latents)?;
-            check_finite(&latents, "latents")?;
-            progress(Progress {
-                stage: Stage::Denoise,
-                done: i + 1,
-                total: timesteps.len(),
-            });
-        }
-        if !self.opts.keep_loaded {
-            self.transformer = None;
-        }
-        timings.denoise = clock.elapsed().as_secs_f64();
-
-        // 4. Decode: un-normalise per channel, decode, map [-1, 1] to [0, 1].
-        let clock = std::time::Instant::now();
-        let frames = self.decode(&latents, progress)?;
-        timings.vae_decode = clock.elapsed().as_secs_f64();
-        Ok(Generated {
-            frames,
-            latents,
-            settings,
-            timings,
-        })
-    }
-
-    /// Prompts → `(B, L, D_txt)` text states, building the text encoder for the call only
-    /// (unless `keep_loaded`).
-    pub fn encode_text(&mut self, prompts: &[&str], max_len: usize) -> Result<Tensor> {
-        let model = match self.text_encoder.take() {
-            Some(model) => model,
-            None => {
-                let cfg = self.text_cfg.clone();
-                let dtype = self.text_encoder_dtype()?;
-                self.build_as("text_encoder", dtype, |vb| Umt5EncoderModel::new(&cfg, vb))?
-            }
-        };
-        let states = encode_prompts(&self.tokenizer, &model, prompts, max_len)?;
-        if self.opts.keep_loaded {
-            self.text_encoder = Some(model);
-        }
-        Ok(states)
-    }
-
-    /// Denoised latents `(1, C, T, H, W)` → frames `(F, H, W, 3)` f32 in [0, 1].
-    pub fn decode(
-        &mut self,
-        latents: &Tensor,
-        progress: &mut dyn FnMut(Progress),
-    ) -> Result<Tensor> {
-        let vae = match self.vae.take() {
-            Some(vae) => vae,
-            None => {
-                let cfg = self.vae_cfg.clone();
-                self.build("vae", |vb| AutoencoderKlWan::new(&cfg, vb))?
-            }
-        };
-        let z = vae.denormalize_latents(&latents.to_dtype(self.opts.dtype)?)?;
-        let total = latents.dim(2)?;
-        let video = vae.decode_with_progress(&z, &mut |done, _| {
-            progress(Progress {
-                stage: Stage::Decode,
-                done,
-                total,
-            })
-        })?; // (1, 3, F, H, W) in [-1, 1]
-        if self.opts.keep_loaded {
-            self.vae = Some(vae);
-        }
-        let frames = ((video.to_dtype(DType::F32)? * 0.5)? + 0.5)?
-            .clamp(0f32, 1f32)?
-            .squeeze(0)?
-            .permute((1, 2, 3, 0))?
-            .contiguous()?; // c f h w -> f h w c
-        check_finite(&frames, "decoded frames")?;
-        Ok(frames)
-    }
-
-    fn transformer(&mut self) -> Result<&WanTransformer3D> {
-        if self.transformer.is_none() {
-            let cfg = self.transformer_cfg.clone();
-            self.transformer =
-                Some(self.build("transformer", |vb| WanTransformer3D::new(&cfg, vb))?);
-        }
-        Ok(self.transformer.as_ref().expect("just built"))
-    }
-
-    /// The text encoder's dtype: the requested one, except that a text encoder stored in bf16
-    /// stays bf16 when f32 is requested. The encoder runs once per prompt, and UMT5-XXL
-    /// (5.7B parameters) would need 23 GB as f32 — more than the transformer and the VAE
-    /// together. Its norms and residual stream still run in f32.
-    fn text_encoder_dtype(&self) -> Result<DType> {
-        if self.opts.dtype != DType::F32 {
-            return Ok(self.opts.dtype);
-        }
-        let dir = self.dir.join("text_encoder");
-        let stored = Weights::open(&dir, DType::F32, &Device::Cpu)?.stored_dtype();
-        Ok(if stored == Some(DType::BF16) {
-            tracing::info!("{}: stored in bf16, kept in bf16", dir.display());
-            DType::BF16
-        } else {
-            DType::F32
-        })
-    }
-
-    /// Builds one component from its folder's weights in the pipeline's dtype.
-    fn build<T>(
-        &self,
-        component: &str,
-        make: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
-    ) -> Result<T> {
-        self.build_as(component, self.opts.dtype, make)
-    }
-
-    /// Builds one component from its folder's weights as `dtype`; errors name the folder, and
-    /// checkpoint tensors the model never read are reported.
-    fn build_as<T>(
-        &self,
-        component: &str,
-        dtype: DType,
-        make: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
-    ) -> Result<T> {
-        let dir = self.dir.join(component);
-        let weights = Weights::open(&dir, dtype, &self.opts.device)?;
-        let model = make(weights.var_builder()).map_err(|e| Error::BadWeights {
-            path: dir.clone(),
-            reason: e.to_string(),
-        })?;
-        let unused = weights.unused();
-        if !unused.is_empty() {
-            tracing::warn!(
-                "{}: {} checkpoint tensors not used by the model: {}",
-                dir.display(),
-                unused.len(),
-                unused.join(", ")
-            );
-        }
-        Ok(model)
+/// Opens the model folder `path` (or a Hugging Face cache folder holding one) as the pipeline
+/// its `model_index.json` names; nothing heavy is built yet.
+pub fn load(path: &Path, opts: LoadOptions) -> Result<Box<dyn VideoPipeline>> {
+    let dir = resolve_model_dir(path)?;
+    let class = class_name(&dir.join("model_index.json"))?;
+    match class.as_str() {
+        "WanPipeline" => Ok(Box::new(crate::families::wan::pipeline::WanPipeline::load(
+            &dir, opts,
+        )?)),
+        _ => Err(Error::Unsupported {
+            what: "pipeline",
+            name: class,
+            supported: SUPPORTED_PIPELINES.join(", "),
+        }),
     }
 }
 
-/// `(temporal, spatial)` compression of a Wan VAE, from its architecture: 2 per temporal
-/// downsampling stage, 2 per spatial stage.
-pub fn vae_scale_factors(cfg: &AutoencoderKlWanConfig) -> (usize, usize) {
-    let temporal_stages = cfg.temperal_downsample.iter().filter(|&&d| d).count();
-    (1 << temporal_stages, cfg.spatial_compression())
+/// Builds one component of the model folder `dir` from its weights as `dtype`; errors name the
+/// folder, and checkpoint tensors the model never read are reported.
+pub(crate) fn build_component<T>(
+    dir: &Path,
+    component: &str,
+    dtype: DType,
+    device: &Device,
+    make: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
+) -> Result<T> {
+    let dir = dir.join(component);
+    let weights = Weights::open(&dir, dtype, device)?;
+    let model = make(weights.var_builder()).map_err(|e| Error::BadWeights {
+        path: dir.clone(),
+        reason: e.to_string(),
+    })?;
+    let unused = weights.unused();
+    if !unused.is_empty() {
+        tracing::warn!(
+            "{}: {} checkpoint tensors not used by the model: {}",
+            dir.display(),
+            unused.len(),
+            unused.join(", ")
+        );
+    }
+    Ok(model)
 }
 
 /// Reads `DIR/component/config.json`, checking its `_class_name`.
-fn read_config<T: serde::de::DeserializeOwned>(
+pub(crate) fn read_config<T: serde::de::DeserializeOwned>(
     dir: &Path,
     component: &str,
     expected_class: &'static str,
@@ -609,7 +246,7 @@ fn read_config<T: serde::de::DeserializeOwned>(
 }
 
 /// A NaN or infinity is an error, not an output.
-fn check_finite(x: &Tensor, what: &str) -> Result<()> {
+pub(crate) fn check_finite(x: &Tensor, what: &str) -> Result<()> {
     let sum = x
         .abs()?
         .sum_all()?

@@ -4,7 +4,8 @@
 mod common;
 
 use common::{fixture_dir, max_abs_diff};
-use vidgen::pipeline::{GenerateRequest, LoadOptions, Stage, WanPipeline};
+use vidgen::families::wan::pipeline::WanPipeline;
+use vidgen::pipeline::{GenerateRequest, LoadOptions, Stage};
 
 #[test]
 fn unipc_pipeline_matches_diffusers_latents_and_frames() {

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod init;
+pub mod pipeline;
 pub mod presets;
 pub mod transformer;
 pub mod vae;
