@@ -331,49 +331,37 @@ fn init_info_and_generate_work_together() {
     ]);
     assert!(o.status.success());
 
+    // Seed 3, two steps, the model's own size; returns the saved frames.
     let out = tmp.path().join("clip.gif");
-    let frames = tmp.path().join("frames.safetensors");
-    let o = vidgen(&[
-        "generate",
-        "a red ball bounces",
-        "--model",
-        model.to_str().unwrap(),
-        "--seed",
-        "3",
-        "--steps",
-        "2",
-        "-o",
-        out.to_str().unwrap(),
-        "--save-frames",
-        frames.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let generate = |frames_name: &str| {
+        let frames = tmp.path().join(frames_name);
+        let o = vidgen(&[
+            "generate",
+            "a red ball bounces",
+            "--model",
+            model.to_str().unwrap(),
+            "--seed",
+            "3",
+            "--steps",
+            "2",
+            "-o",
+            out.to_str().unwrap(),
+            "--save-frames",
+            frames.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        candle_core::safetensors::load(&frames, &Device::Cpu).unwrap()["frames"].clone()
+    };
+    let got = generate("frames.safetensors");
     assert!(out.is_file());
     let sidecar: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(tmp.path().join("clip.gif.json")).unwrap())
             .unwrap();
     assert_eq!(sidecar["settings"]["seed"], 3);
-    let got = candle_core::safetensors::load(&frames, &Device::Cpu).unwrap()["frames"].clone();
     assert_eq!(got.dims(), &[17, 64, 96, 3]);
 
     // The same seed gives the same frames.
-    let frames2 = tmp.path().join("frames2.safetensors");
-    let o = vidgen(&[
-        "generate",
-        "a red ball bounces",
-        "--model",
-        model.to_str().unwrap(),
-        "--seed",
-        "3",
-        "--steps",
-        "2",
-        "-o",
-        out.to_str().unwrap(),
-        "--save-frames",
-        frames2.to_str().unwrap(),
-    ]);
-    assert!(o.status.success());
-    let again = candle_core::safetensors::load(&frames2, &Device::Cpu).unwrap()["frames"].clone();
+    let again = generate("frames2.safetensors");
     let diff = (got - again)
         .unwrap()
         .abs()
