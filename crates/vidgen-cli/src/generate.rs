@@ -12,7 +12,10 @@ use vidgen::pipeline::{GenerateRequest, LoadOptions, Stage};
 /// The built-in model, shipped in the repository at `models/tiny-world`.
 pub fn builtin_model() -> PathBuf {
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let repo = crate_dir.parent().and_then(Path::parent).unwrap_or(crate_dir);
+    let repo = crate_dir
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(crate_dir);
     repo.join("models").join("tiny-world")
 }
 

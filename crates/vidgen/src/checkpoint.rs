@@ -202,7 +202,9 @@ fn read_header(path: &Path) -> Result<(SafetensorsFile, Vec<(String, TensorEntry
         .map_err(|_| bad(format!("{file_len} bytes, shorter than a header")))?;
     let header_len = u64::from_le_bytes(len_bytes);
     if header_len > MAX_HEADER_BYTES || 8 + header_len > file_len {
-        return Err(bad(format!("header of {header_len} bytes in a file of {file_len}")));
+        return Err(bad(format!(
+            "header of {header_len} bytes in a file of {file_len}"
+        )));
     }
     let mut header = vec![0u8; header_len as usize];
     file.read_exact(&mut header)
@@ -216,14 +218,20 @@ fn read_header(path: &Path) -> Result<(SafetensorsFile, Vec<(String, TensorEntry
         if name == "__metadata__" {
             continue;
         }
-        let entry: RawEntry = serde_json::from_value(info)
-            .map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
-        let dtype = safetensors_dtype(&entry.dtype)
-            .ok_or_else(|| bad(format!("tensor `{name}` has unsupported dtype {}", entry.dtype)))?;
+        let entry: RawEntry =
+            serde_json::from_value(info).map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
+        let dtype = safetensors_dtype(&entry.dtype).ok_or_else(|| {
+            bad(format!(
+                "tensor `{name}` has unsupported dtype {}",
+                entry.dtype
+            ))
+        })?;
         let [start, end] = entry.data_offsets;
         let bytes = entry.shape.iter().product::<usize>() as u64 * dtype.size_in_bytes() as u64;
         if end < start || end - start != bytes {
-            return Err(bad(format!("tensor `{name}`: byte range {start}..{end} for {bytes} bytes")));
+            return Err(bad(format!(
+                "tensor `{name}`: byte range {start}..{end} for {bytes} bytes"
+            )));
         }
         if end > data_len {
             return Err(bad(format!(
@@ -365,7 +373,10 @@ impl TrackedBackend {
         let (file_index, entry) = self.entry(name)?;
         let file = &self.0.files[*file_index];
         let bytes = file.read(entry).map_err(|e| {
-            candle_core::Error::Msg(format!("reading `{name}` from {}: {e}", file.path.display()))
+            candle_core::Error::Msg(format!(
+                "reading `{name}` from {}: {e}",
+                file.path.display()
+            ))
         })?;
         let tensor = Tensor::from_raw_buffer(&bytes, entry.dtype, &entry.shape, &Device::Cpu)?;
         drop(bytes);

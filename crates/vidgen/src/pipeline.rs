@@ -163,7 +163,6 @@ pub struct Progress {
     pub total: usize,
 }
 
-
 /// A text-to-video pipeline over a model folder.
 pub trait VideoPipeline {
     /// The folder the model was loaded from (a snapshot folder for a cache path).

@@ -6,24 +6,15 @@
 //! sin-cos table to the video tokens; the 5b model rotates the video queries and keys (3D RoPE).
 
 use candle_core::{bail, DType, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::CogVideoXTransformerConfig;
 use super::embeddings::{rope_3d_tables, sincos_3d_table};
 use crate::nn::attention::scaled_dot_product_attention;
 use crate::nn::embed::timestep_embedding;
+use crate::nn::linear::{linear, Linear};
 use crate::nn::norm::LayerNorm;
 use crate::nn::rope::apply_rotary_interleaved;
-
-fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
-    let weight = vb.get((out_dim, in_dim), "weight")?;
-    let bias = if bias {
-        Some(vb.get(out_dim, "bias")?)
-    } else {
-        None
-    };
-    Ok(Linear::new(weight, bias))
-}
 
 /// `x · (1 + scale) + shift` in `x`'s dtype (`x` `(B, N, D)`, `shift`/`scale` `(B, 1, D)`).
 fn modulate(xs: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {

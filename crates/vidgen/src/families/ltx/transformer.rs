@@ -8,12 +8,13 @@
 //! per sample or per token.
 
 use candle_core::{bail, DType, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::LtxVideoTransformer3DConfig;
 use super::rope::{apply_rotary, LtxRope};
 use crate::nn::attention::scaled_dot_product_attention_with_bias;
 use crate::nn::embed::timestep_embedding;
+use crate::nn::linear::{linear, Linear};
 use crate::nn::norm::{LayerNorm, RmsNorm};
 
 /// Width of the sinusoidal timestep features (`Timesteps(256)` in AdaLayerNormSingle).
@@ -22,14 +23,6 @@ const TIMESTEP_FEATURES: usize = 256;
 const QK_NORM_EPS: f64 = 1e-5;
 /// Score bias of a padded text token: the reference turns the 0/1 mask into `(1 - m) · -10000`.
 const MASKED_BIAS: f64 = -10000.0;
-
-fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
-    if bias {
-        candle_nn::linear(in_dim, out_dim, vb)
-    } else {
-        candle_nn::linear_no_bias(in_dim, out_dim, vb)
-    }
-}
 
 /// Multi-head attention with q/k RMS-normalised across all heads, rotated (self-attention)
 /// before the split into heads.

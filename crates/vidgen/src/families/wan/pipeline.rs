@@ -453,7 +453,6 @@ pub fn vae_scale_factors(cfg: &AutoencoderKlWanConfig) -> (usize, usize) {
     (1 << temporal_stages, cfg.spatial_compression())
 }
 
-
 impl VideoPipeline for WanPipeline {
     fn dir(&self) -> &Path {
         WanPipeline::dir(self)

@@ -10,54 +10,10 @@ use candle_nn::VarBuilder;
 use super::config::WanTransformerConfig;
 use crate::nn::attention::scaled_dot_product_attention;
 use crate::nn::embed::timestep_embedding;
+use crate::nn::linear::{linear, Linear};
 use crate::nn::norm::{LayerNorm, RmsNorm};
 use crate::nn::patch::{patchify, unpatchify};
 use crate::nn::rope::{apply_rotary_interleaved, Rope3d};
-
-/// A linear layer that flattens leading dimensions so the product is one 2D matmul.
-#[derive(Debug, Clone)]
-struct Linear {
-    weight_t: Tensor,
-    bias: Option<Tensor>,
-}
-
-impl Linear {
-    fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get((out_dim, in_dim), "weight")?;
-        let bias = vb.get(out_dim, "bias")?;
-        Ok(Self {
-            weight_t: weight.t()?,
-            bias: Some(bias),
-        })
-    }
-
-    fn from_weight(weight: Tensor, bias: Tensor) -> Result<Self> {
-        Ok(Self {
-            weight_t: weight.t()?,
-            bias: Some(bias),
-        })
-    }
-}
-
-impl Module for Linear {
-    /// `(…, in)` → `(…, out)`.
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let dims = xs.dims().to_vec();
-        let in_dim = *dims.last().unwrap_or(&0);
-        let rows = xs.elem_count() / in_dim.max(1);
-        let ys = xs
-            .contiguous()?
-            .reshape((rows, in_dim))?
-            .matmul(&self.weight_t)?;
-        let ys = match &self.bias {
-            Some(b) => ys.broadcast_add(b)?,
-            None => ys,
-        };
-        let mut out_dims = dims;
-        *out_dims.last_mut().expect("non-scalar input") = ys.dim(1)?;
-        ys.reshape(out_dims)
-    }
-}
 
 /// Multi-head attention with RMS-normalised queries and keys (normalised across all heads).
 #[derive(Debug, Clone)]
@@ -74,10 +30,10 @@ struct WanAttention {
 impl WanAttention {
     fn new(dim: usize, heads: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            to_q: Linear::new(dim, dim, vb.pp("to_q"))?,
-            to_k: Linear::new(dim, dim, vb.pp("to_k"))?,
-            to_v: Linear::new(dim, dim, vb.pp("to_v"))?,
-            to_out: Linear::new(dim, dim, vb.pp("to_out").pp("0"))?,
+            to_q: linear(dim, dim, true, vb.pp("to_q"))?,
+            to_k: linear(dim, dim, true, vb.pp("to_k"))?,
+            to_v: linear(dim, dim, true, vb.pp("to_v"))?,
+            to_out: linear(dim, dim, true, vb.pp("to_out").pp("0"))?,
             norm_q: RmsNorm::new(dim, eps, vb.pp("norm_q"))?,
             norm_k: RmsNorm::new(dim, eps, vb.pp("norm_k"))?,
             heads,
@@ -134,8 +90,8 @@ impl FeedForward {
     fn new(dim: usize, inner: usize, vb: VarBuilder) -> Result<Self> {
         let vb = vb.pp("net");
         Ok(Self {
-            proj_in: Linear::new(dim, inner, vb.pp("0").pp("proj"))?,
-            proj_out: Linear::new(inner, dim, vb.pp("2"))?,
+            proj_in: linear(dim, inner, true, vb.pp("0").pp("proj"))?,
+            proj_out: linear(inner, dim, true, vb.pp("2"))?,
         })
     }
 }
@@ -264,7 +220,7 @@ impl WanTransformer3D {
             .pp("patch_embedding")
             .get((dim, cfg.in_channels, pt, ph, pw), "weight")?;
         let conv_b = vb.pp("patch_embedding").get(dim, "bias")?;
-        let patch_embedding = Linear::from_weight(conv_w.reshape((dim, patch_features))?, conv_b)?;
+        let patch_embedding = Linear::new(conv_w.reshape((dim, patch_features))?, Some(conv_b));
 
         let cond = vb.pp("condition_embedder");
         // The reference keeps the time embedder in f32 whatever the model dtype.
@@ -275,14 +231,24 @@ impl WanTransformer3D {
         Ok(Self {
             patch,
             patch_embedding,
-            time_linear_1: Linear::new(cfg.freq_dim, dim, time_vb.pp("linear_1"))?,
-            time_linear_2: Linear::new(dim, dim, time_vb.pp("linear_2"))?,
-            time_proj: Linear::new(dim, 6 * dim, cond.pp("time_proj"))?,
-            text_linear_1: Linear::new(cfg.text_dim, dim, cond.pp("text_embedder").pp("linear_1"))?,
-            text_linear_2: Linear::new(dim, dim, cond.pp("text_embedder").pp("linear_2"))?,
+            time_linear_1: linear(cfg.freq_dim, dim, true, time_vb.pp("linear_1"))?,
+            time_linear_2: linear(dim, dim, true, time_vb.pp("linear_2"))?,
+            time_proj: linear(dim, 6 * dim, true, cond.pp("time_proj"))?,
+            text_linear_1: linear(
+                cfg.text_dim,
+                dim,
+                true,
+                cond.pp("text_embedder").pp("linear_1"),
+            )?,
+            text_linear_2: linear(dim, dim, true, cond.pp("text_embedder").pp("linear_2"))?,
             blocks,
             norm_out: LayerNorm::new(dim, cfg.eps, false, vb.pp("norm_out"))?,
-            proj_out: Linear::new(dim, cfg.out_channels() * pt * ph * pw, vb.pp("proj_out"))?,
+            proj_out: linear(
+                dim,
+                cfg.out_channels() * pt * ph * pw,
+                true,
+                vb.pp("proj_out"),
+            )?,
             scale_shift_table: vb
                 .get((1, 2, dim), "scale_shift_table")?
                 .to_dtype(DType::F32)?,
