@@ -1,3 +1,4 @@
 //! Model families, one folder each.
 
+pub mod cogvideox;
 pub mod wan;

@@ -1,0 +1,4 @@
+//! CogVideoX (THUDM / ZhipuAI), diffusers' `CogVideoXPipeline`.
+
+pub mod vae;
+mod vae_blocks;
