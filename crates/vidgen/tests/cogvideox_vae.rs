@@ -161,3 +161,17 @@ fn bad_shapes_name_the_expected_shape() {
     let z = Tensor::zeros((8, 2, 4, 6), DType::F32, &Device::Cpu).unwrap();
     assert!(vae.decode(&z).is_err());
 }
+
+#[test]
+fn bf16_weights_stay_close_to_f32() {
+    let vae = load_vae("2b", DType::BF16);
+    let r = reference("2b");
+    let z = r["vae.decode.input"].to_dtype(DType::BF16).unwrap();
+    let out = vae.decode(&z).unwrap();
+    assert_eq!(out.dtype(), DType::BF16);
+    let want = &r["vae.decode.output"];
+    let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let d = max_abs_diff(&out, want);
+    eprintln!("decode bf16: {d:.2e} (outputs up to {scale:.2})");
+    assert!(d <= 0.05 * scale.max(1.0), "bf16 decode max abs diff {d}");
+}
