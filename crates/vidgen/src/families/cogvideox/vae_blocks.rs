@@ -183,23 +183,46 @@ impl SpatialNorm3d {
 
     /// `f` `(B, T, H, W, C)`, `zq` `(B, T_z, h, w, C_z)` -> `(B, T, H, W, C)`.
     pub(crate) fn forward(&self, f: &Tensor, zq: &Tensor, cache: &mut ConvCache) -> Result<Tensor> {
-        let (_, t, h, w, _) = f.dims5()?;
+        let t = f.dim(1)?;
         // the convs are 1x1x1, so they commute with the nearest resize: run them at latent size
         let y = self.conv_y.forward(zq, cache)?;
         let b = self.conv_b.forward(zq, cache)?;
-        let fit = |z: &Tensor| -> Result<Tensor> {
-            if t > 1 && t % 2 == 1 {
-                let tz = z.dim(1)?;
-                let first = resize_nearest(&z.narrow(1, 0, 1)?, (1, h, w))?;
-                let rest = resize_nearest(&z.narrow(1, 1, tz - 1)?, (t - 1, h, w))?;
-                Tensor::cat(&[first, rest], 1)
-            } else {
-                resize_nearest(z, (t, h, w))
-            }
-        };
         let normed = self.norm_layer.forward(f)?;
-        (normed * fit(&y)?)? + fit(&b)?
+        if t > 1 && t % 2 == 1 {
+            let tz = zq.dim(1)?;
+            let first = scale_shift_nearest(
+                &normed.narrow(1, 0, 1)?,
+                &y.narrow(1, 0, 1)?,
+                &b.narrow(1, 0, 1)?,
+            )?;
+            let rest = scale_shift_nearest(
+                &normed.narrow(1, 1, t - 1)?,
+                &y.narrow(1, 1, tz - 1)?,
+                &b.narrow(1, 1, tz - 1)?,
+            )?;
+            Tensor::cat(&[first, rest], 1)
+        } else {
+            scale_shift_nearest(&normed, &y, &b)
+        }
     }
+}
+
+/// `x * resize(y) + resize(b)` with `x` `(B, T, H, W, C)` and `y`, `b` `(B, t, h, w, C)` resized
+/// nearest-neighbour to `x`'s size. For whole ratios (always, in this VAE) the resize is a
+/// broadcast over the repeated axes and never materialised.
+fn scale_shift_nearest(x: &Tensor, y: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (bs, t, h, w, c) = x.dims5()?;
+    let (_, tz, hz, wz, _) = y.dims5()?;
+    if t % tz != 0 || h % hz != 0 || w % wz != 0 {
+        let size = (t, h, w);
+        return (x * resize_nearest(y, size)?)? + resize_nearest(b, size)?;
+    }
+    // b (tz rt) (hz rh) (wz rw) c -> (b tz) rt hz rh wz rw c; y, b: (b tz) 1 hz 1 wz 1 c
+    let xs = x.reshape(vec![bs * tz, t / tz, hz, h / hz, wz, w / wz, c])?;
+    let small = vec![bs * tz, 1, hz, 1, wz, 1, c];
+    xs.broadcast_mul(&y.reshape(small.clone())?)?
+        .broadcast_add(&b.reshape(small)?)?
+        .reshape((bs, t, h, w, c))
 }
 
 /// The norm of a resnet: a plain group norm (encoder) or a spatial norm on the latents (decoder).
@@ -546,5 +569,60 @@ impl Decoder3d {
         // 3. out
         let h = self.norm_out.forward(&h, z, cache)?.silu()?;
         self.conv_out.forward(&h, cache)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
+    }
+
+    #[test]
+    fn broadcast_scale_shift_equals_materialised_resize() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 4, 4, 6, 3), &dev)?;
+        let y = Tensor::randn(0f32, 1., (2, 2, 2, 3, 3), &dev)?;
+        let b = Tensor::randn(0f32, 1., (2, 2, 2, 3, 3), &dev)?;
+        let got = scale_shift_nearest(&x, &y, &b)?;
+        let size = (4, 4, 6);
+        let want = ((&x * resize_nearest(&y, size)?)? + resize_nearest(&b, size)?)?;
+        assert!(max_diff(&got, &want)? == 0.0);
+        // nearest picks floor(i * in / out): frame 3 of 4 reads frame 1 of 2
+        let r = resize_nearest(&y, size)?;
+        assert!(max_diff(&r.narrow(1, 3, 1)?, &r.narrow(1, 2, 1)?)? == 0.0);
+        assert!(max_diff(&r.narrow(1, 2, 1)?, &r.narrow(1, 1, 1)?)? > 0.0);
+        Ok(())
+    }
+
+    #[test]
+    fn causal_conv_in_chunks_equals_one_pass_with_first_frame_padding() -> Result<()> {
+        let dev = Device::Cpu;
+        let weight = Tensor::randn(0f32, 0.2, (4, 3, 3, 3, 3), &dev)?;
+        let conv = CausalConv3d {
+            conv: Conv3d::new(weight, None, (1, 1, 1), (0, 1, 1))?,
+        };
+        let x = Tensor::randn(0f32, 1., (1, 7, 5, 6, 3), &dev)?; // (B, T, H, W, C)
+        let whole = conv.forward(&x, &mut ConvCache::default())?;
+        // one pass = the conv over [x0, x0, x] without temporal padding
+        let first = x.narrow(1, 0, 1)?;
+        let pad = Padding3d {
+            t: (0, 0),
+            h: (1, 1),
+            w: (1, 1),
+        };
+        let want = conv.conv.forward_cl_padded(&[&first, &first, &x], pad)?;
+        assert!(max_diff(&whole, &want)? <= 1e-5);
+        let mut cache = ConvCache::default();
+        let mut outs = Vec::new();
+        for (start, len) in [(0, 3), (3, 2), (5, 1), (6, 1)] {
+            cache.start_chunk();
+            outs.push(conv.forward(&x.narrow(1, start, len)?, &mut cache)?);
+        }
+        assert!(max_diff(&Tensor::cat(&outs, 1)?, &whole)? <= 1e-5);
+        Ok(())
     }
 }
