@@ -129,13 +129,21 @@ impl GroupNorm {
             let s = v.sum_keepdim(3)?.to_dtype(DType::F64)?.sum_keepdim(1)?;
             (s / count)?.to_dtype(DType::F32)
         };
-        let centered = xf.broadcast_sub(&group_mean(&xf)?)?;
-        let var = group_mean(&centered.sqr()?)?;
-        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        normed
+        let mean = group_mean(&xf)?; // (B, 1, G, 1)
+        let var = group_mean(&xf.broadcast_sub(&mean)?.sqr()?)?;
+        // as PyTorch's CPU kernel: y = x * a + (beta - mean * a) with a = gamma / sqrt(var + eps)
+        let rstd = (var + self.eps)?.sqrt()?.recip()?;
+        let a = self
+            .weight
+            .reshape((1, 1, g, c / g))?
+            .broadcast_mul(&rstd)?;
+        let shift = self
+            .bias
+            .reshape((1, 1, g, c / g))?
+            .broadcast_sub(&mean.broadcast_mul(&a)?)?;
+        xf.broadcast_mul(&a)?
+            .broadcast_add(&shift)?
             .reshape((b, t, h, w, c))?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)?
             .to_dtype(x.dtype())
     }
 }
