@@ -3,11 +3,11 @@
 //!
 //! Both directions run chunk by chunk in time exactly as the reference does, because the result
 //! depends on it: the group norms and the temporal down/up sampling see one chunk at a time, and
-//! only the causal convs carry frames across chunks (a [`ConvCache`]). Encoding takes 8 frames per
-//! chunk (the first chunk also takes the `F mod 8` left over, so `F = 8k + 1` gives 9, 8, 8, …);
-//! decoding takes 2 latent frames per chunk (the first also takes an odd one: 3, 2, 2, …), each
-//! giving 8 frames (the first of an odd chunk 9). Memory is bounded by one chunk at full
-//! resolution. The layers live in `vae_blocks.rs`; they run channels-last.
+//! only the causal convs carry frames across chunks (their `ConvCache`). Encoding takes 8 frames
+//! per chunk (the first chunk also takes the `F mod 8` left over, so `F = 8k + 1` gives 9, 8, 8,
+//! …); decoding takes 2 latent frames per chunk (the first also takes an odd one: 3, 2, 2, …),
+//! and a chunk of 2 gives 8 frames, one of 3 gives 9. Memory is bounded by one chunk at full
+//! resolution, as in the reference. The layers live in `vae_blocks.rs`; they run channels-last.
 
 use std::path::Path;
 
