@@ -2,3 +2,4 @@
 
 pub mod vae;
 mod vae_blocks;
+pub mod vae_tiling;
