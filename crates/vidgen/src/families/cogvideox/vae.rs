@@ -7,7 +7,9 @@
 //! per chunk (the first chunk also takes the `F mod 8` left over, so `F = 8k + 1` gives 9, 8, 8,
 //! …); decoding takes 2 latent frames per chunk (the first also takes an odd one: 3, 2, 2, …),
 //! and a chunk of 2 gives 8 frames, one of 3 gives 9. Memory is bounded by one chunk at full
-//! resolution, as in the reference. The layers live in `vae_blocks.rs`; they run channels-last.
+//! resolution, as in the reference; large frames can also be cut into overlapping spatial tiles
+//! ([`TilingConfig`], diffusers' `enable_tiling`, in `vae_tiling.rs`). The layers live in
+//! `vae_blocks.rs`; they run channels-last.
 
 use std::path::Path;
 
