@@ -4,3 +4,6 @@
 pub mod config;
 pub mod embeddings;
 pub mod transformer;
+pub mod vae;
+mod vae_blocks;
+pub mod vae_tiling;
