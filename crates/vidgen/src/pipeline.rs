@@ -353,7 +353,7 @@ impl WanPipeline {
             .transformer_cfg
             .patch()
             .map_err(Error::InvalidRequest)?;
-        if latent.2 % pt != 0 {
+        if !latent.2.is_multiple_of(pt) {
             return bad(format!(
                 "this model's temporal patch is {pt} latent frames, so the latent frame count \
                  (frames - 1) / {tf} + 1 must be a multiple of {pt}; {num_frames} frames give {}",

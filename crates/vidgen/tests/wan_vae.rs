@@ -103,9 +103,9 @@ fn denormalize_is_the_pipelines_formula() {
     let cfg = vae.config().clone();
     let z = Tensor::ones((1, 8, 1, 1, 1), DType::F32, &Device::Cpu).unwrap();
     let x = vae.denormalize_latents(&z).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    for c in 0..8 {
+    for (c, got) in x.iter().enumerate() {
         let want = 1.0 / (1.0 / cfg.latents_std[c] as f32) + cfg.latents_mean[c] as f32;
-        assert!((x[c] - want).abs() < 1e-6);
+        assert!((got - want).abs() < 1e-6);
     }
     let back = vae.normalize_latents(&vae.denormalize_latents(&z).unwrap()).unwrap();
     assert!(max_abs_diff(&back, &z) < 1e-5);

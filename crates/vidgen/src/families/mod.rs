@@ -1,3 +1,4 @@
 //! Model families, one folder each.
 
+pub mod ltx;
 pub mod wan;
