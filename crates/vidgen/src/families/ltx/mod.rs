@@ -2,3 +2,4 @@
 
 pub mod vae;
 mod vae_blocks;
+mod vae_config;
