@@ -1,14 +1,17 @@
 //! Parity of the LTX-Video VAE with diffusers 0.42.1 on the layouts `tests/fixtures/ltx` does not
 //! reach (`tests/fixtures/ltx_vae/`, made by `tools/fixtures/ltx_vae.py`): the 0.9.0 layout with
 //! channel-changing resnets, plain up-samplers and flipped causality (`v0_9_0`), and 0.9.5
-//! `spatial` / `spatiotemporal` down-samplers (`v0_9_5`). Neither decoder is timestep-conditioned.
+//! `spatial` / `spatiotemporal` down-samplers (`v0_9_5`), and spatial tiling (`v0_9_0`, `tiled.*`).
+//! Neither decoder is timestep-conditioned.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use vidgen::families::ltx::vae::{AutoencoderKlLtxVideo, AutoencoderKlLtxVideoConfig};
+use vidgen::families::ltx::vae::{
+    AutoencoderKlLtxVideo, AutoencoderKlLtxVideoConfig, TilingConfig,
+};
 
 fn load(variant: &str) -> (AutoencoderKlLtxVideo, HashMap<String, Tensor>) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -58,4 +61,28 @@ fn ltx_0_9_0_layout_matches_diffusers() {
 #[test]
 fn ltx_0_9_5_down_samplers_match_diffusers() {
     check("v0_9_5");
+}
+
+#[test]
+fn tiled_decode_and_encode_match_diffusers() {
+    let (mut vae, r) = load("v0_9_0");
+    let t: Vec<i64> = r["tiled.tiling"].to_vec1().unwrap();
+    let t: Vec<usize> = t.into_iter().map(|v| v as usize).collect();
+    vae.set_tiling(Some(TilingConfig {
+        tile_sample_min_height: t[0],
+        tile_sample_min_width: t[1],
+        tile_sample_stride_height: t[2],
+        tile_sample_stride_width: t[3],
+    }));
+    let out = vae.decode(&r["tiled.decode.input"], None).unwrap();
+    let dd = max_abs_diff(&out, &r["tiled.decode.output"]);
+    let dist = vae.encode(&r["tiled.decode.output"]).unwrap();
+    let dm = max_abs_diff(&dist.mean, &r["tiled.encode.mean"]);
+    let dl = max_abs_diff(&dist.logvar, &r["tiled.encode.logvar"]);
+    eprintln!("tiled: decode {dd:.2e}; encode mean {dm:.2e}, logvar {dl:.2e}");
+    assert!(dm <= 1e-4 && dl <= 1e-4 && dd <= 1e-4, "{dm} {dl} {dd}");
+    // without tiling the result differs: the test would notice tiling being skipped
+    vae.set_tiling(None);
+    let whole = vae.decode(&r["tiled.decode.input"], None).unwrap();
+    assert!(max_abs_diff(&whole, &r["tiled.decode.output"]) > 1e-3);
 }

@@ -6,8 +6,9 @@
 //! (`decode_timestep`) through AdaLN-style shift/scale in its resnets. Both run over the whole
 //! clip at once, as the reference does (no frame cache: its convs pad time with copies of the
 //! edge frames, so there is no chunked formulation that gives the same numbers); memory grows
-//! with the clip. The reference's optional spatial tiling and framewise (temporal tiling)
-//! modes are not ported yet. The config lives in `vae_config.rs`, the layers in `vae_blocks.rs`.
+//! with the clip. Large frames can be split into overlapping spatial tiles ([`TilingConfig`],
+//! diffusers' `enable_tiling`); the reference's framewise (temporal tiling) mode is not ported.
+//! The config lives in `vae_config.rs`, the layers in `vae_blocks.rs`.
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -19,6 +20,7 @@ use super::vae_blocks::{
 pub use super::vae_config::AutoencoderKlLtxVideoConfig;
 use super::vae_config::{downsample_stride, DOWN_0_9_5};
 pub use crate::families::wan::vae::DiagonalGaussian;
+use crate::families::wan::vae_tiling::stitch;
 
 /// `LTXVideoEncoder3d`: patchify, `conv_in`, down blocks, mid block, RMS norm, SiLU, `conv_out`
 /// to `Z + 1` channels (Z means and one shared log-variance).
@@ -279,6 +281,32 @@ impl Decoder3d {
     }
 }
 
+/// Spatial tiling of `encode`/`decode`, diffusers' `enable_tiling` for this VAE: tiles of
+/// `tile_sample_min_*` pixels every `tile_sample_stride_*` pixels, overlaps blended linearly
+/// (tile sizes in latents are these divided by the spatial compression, as in the reference).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TilingConfig {
+    /// Tile height in pixels; taller frames are tiled (512).
+    pub tile_sample_min_height: usize,
+    /// Tile width in pixels; wider frames are tiled (512).
+    pub tile_sample_min_width: usize,
+    /// Vertical distance between tiles in pixels (448).
+    pub tile_sample_stride_height: usize,
+    /// Horizontal distance between tiles in pixels (448).
+    pub tile_sample_stride_width: usize,
+}
+
+impl Default for TilingConfig {
+    fn default() -> Self {
+        Self {
+            tile_sample_min_height: 512,
+            tile_sample_min_width: 512,
+            tile_sample_stride_height: 448,
+            tile_sample_stride_width: 448,
+        }
+    }
+}
+
 /// LTX-Video's VAE. Weight names are the checkpoint's: `encoder.…`, `decoder.…`, and the
 /// per-channel buffers `latents_mean`, `latents_std`.
 #[derive(Clone, Debug)]
@@ -286,6 +314,7 @@ pub struct AutoencoderKlLtxVideo {
     config: AutoencoderKlLtxVideoConfig,
     encoder: Encoder3d,
     decoder: Decoder3d,
+    tiling: Option<TilingConfig>,
     /// `(Z,)`, f32.
     latents_mean: Tensor,
     /// `(Z,)`, f32.
@@ -302,6 +331,7 @@ impl AutoencoderKlLtxVideo {
             config: cfg.clone(),
             encoder: Encoder3d::load(vb.pp("encoder"), cfg)?,
             decoder: Decoder3d::load(vb.pp("decoder"), cfg)?,
+            tiling: None,
             latents_mean: vb.get(z, "latents_mean")?.to_dtype(DType::F32)?,
             latents_std: vb.get(z, "latents_std")?.to_dtype(DType::F32)?,
         })
@@ -310,6 +340,16 @@ impl AutoencoderKlLtxVideo {
     /// The config it was built from.
     pub fn config(&self) -> &AutoencoderKlLtxVideoConfig {
         &self.config
+    }
+
+    /// Turns spatial tiling on (`Some`) or off (`None`, the default).
+    pub fn set_tiling(&mut self, tiling: Option<TilingConfig>) {
+        self.tiling = tiling;
+    }
+
+    /// The tiling in use, if any.
+    pub fn tiling(&self) -> Option<TilingConfig> {
+        self.tiling
     }
 
     /// Encodes `video` `(B, C_in, F, H, W)` in [-1, 1] into the latent distribution, mean and
@@ -333,7 +373,13 @@ impl AutoencoderKlLtxVideo {
         }
         // b c f h w -> b f h w c
         let x = video.permute((0, 2, 3, 4, 1))?.contiguous()?;
-        let moments = self.encoder.forward(&x)?;
+        let (height, width) = (x.dim(2)?, x.dim(3)?);
+        let moments = match self.tiling {
+            Some(t) if height > t.tile_sample_min_height || width > t.tile_sample_min_width => {
+                self.tiled_encode(&x, &t)?
+            }
+            _ => self.encoder.forward(&x)?,
+        };
         let z = self.config.latent_channels;
         // b t h w c -> b c t h w
         let to_cf = |x: Tensor| x.permute((0, 4, 1, 2, 3))?.contiguous();
@@ -369,9 +415,78 @@ impl AutoencoderKlLtxVideo {
         }
         // b z t h w -> b t h w z
         let zc = z.permute((0, 2, 3, 4, 1))?.contiguous()?;
-        let video = self.decoder.forward(&zc, timestep)?;
+        let s = self.config.spatial_compression();
+        let video = match self.tiling {
+            Some(t)
+                if dims[3] > t.tile_sample_min_height / s
+                    || dims[4] > t.tile_sample_min_width / s =>
+            {
+                self.tiled_decode(&zc, timestep, &t)?
+            }
+            _ => self.decoder.forward(&zc, timestep)?,
+        };
         // b f h w c -> b c f h w
         video.permute((0, 4, 1, 2, 3))?.contiguous()
+    }
+
+    /// diffusers' `tiled_encode`: channels-last `x` `(B, F, H, W, C)` -> moments
+    /// `(B, T, h, w, Z + 1)`, tiles blended in latent space.
+    fn tiled_encode(&self, x: &Tensor, t: &TilingConfig) -> Result<Tensor> {
+        let (_, _, height, width, _) = x.dims5()?;
+        let s = self.config.spatial_compression();
+        let (min_h, min_w) = (t.tile_sample_min_height / s, t.tile_sample_min_width / s);
+        let (stride_h, stride_w) = (
+            t.tile_sample_stride_height / s,
+            t.tile_sample_stride_width / s,
+        );
+        let rows = tile_grid(
+            height,
+            width,
+            t.tile_sample_stride_height,
+            t.tile_sample_stride_width,
+            |i, j| {
+                let tile = x
+                    .narrow(2, i, t.tile_sample_min_height.min(height - i))?
+                    .narrow(3, j, t.tile_sample_min_width.min(width - j))?;
+                self.encoder.forward(&tile.contiguous()?)
+            },
+        )?;
+        let blend = (
+            min_h.saturating_sub(stride_h),
+            min_w.saturating_sub(stride_w),
+        );
+        stitch(rows, blend, (stride_h, stride_w), (height / s, width / s))
+    }
+
+    /// diffusers' `tiled_decode`: channels-last `z` `(B, T, h, w, Z)` -> `(B, F, H, W, C)`,
+    /// tiles blended in pixel space; every tile sees the same timestep.
+    fn tiled_decode(
+        &self,
+        z: &Tensor,
+        timestep: Option<&Tensor>,
+        t: &TilingConfig,
+    ) -> Result<Tensor> {
+        let (_, _, height, width, _) = z.dims5()?;
+        let s = self.config.spatial_compression();
+        let (min_h, min_w) = (t.tile_sample_min_height / s, t.tile_sample_min_width / s);
+        let (stride_h, stride_w) = (
+            t.tile_sample_stride_height / s,
+            t.tile_sample_stride_width / s,
+        );
+        let rows = tile_grid(height, width, stride_h, stride_w, |i, j| {
+            let tile = z
+                .narrow(2, i, min_h.min(height - i))?
+                .narrow(3, j, min_w.min(width - j))?;
+            self.decoder.forward(&tile.contiguous()?, timestep)
+        })?;
+        let blend = (
+            t.tile_sample_min_height
+                .saturating_sub(t.tile_sample_stride_height),
+            t.tile_sample_min_width
+                .saturating_sub(t.tile_sample_stride_width),
+        );
+        let stride = (t.tile_sample_stride_height, t.tile_sample_stride_width);
+        stitch(rows, blend, stride, (height * s, width * s))
     }
 
     /// `(latents_mean, latents_std)` as `(1, Z, 1, 1, 1)` tensors in `like`'s dtype and device
@@ -422,4 +537,21 @@ impl AutoencoderKlLtxVideo {
         let keep = s.affine(-1.0, 1.0)?; // 1 - s
         latents.broadcast_mul(&keep)? + noise.broadcast_mul(&s)?
     }
+}
+
+/// Runs `f(i, j)` for tile origins `i` in `0..height` step `stride_h`, `j` likewise; row-major.
+fn tile_grid(
+    height: usize,
+    width: usize,
+    stride_h: usize,
+    stride_w: usize,
+    mut f: impl FnMut(usize, usize) -> Result<Tensor>,
+) -> Result<Vec<Vec<Tensor>>> {
+    if stride_h == 0 || stride_w == 0 {
+        candle_core::bail!("tile strides must be at least one latent pixel")
+    }
+    (0..height)
+        .step_by(stride_h)
+        .map(|i| (0..width).step_by(stride_w).map(|j| f(i, j)).collect())
+        .collect()
 }

@@ -6,4 +6,4 @@ pub mod presets;
 pub mod transformer;
 pub mod vae;
 mod vae_blocks;
-mod vae_tiling;
+pub(crate) mod vae_tiling;

@@ -80,7 +80,7 @@ fn tiles(
 
 /// Blends each tile with the blended tiles above and to the left over `blend` (rows, columns),
 /// keeps its top-left `stride` part, stitches, and crops to `out` `(H, W)`.
-fn stitch(
+pub(crate) fn stitch(
     mut rows: Vec<Vec<Tensor>>,
     blend: (usize, usize),
     stride: (usize, usize),
