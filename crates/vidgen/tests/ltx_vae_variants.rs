@@ -1,7 +1,8 @@
 //! Parity of the LTX-Video VAE with diffusers 0.42.1 on the layouts `tests/fixtures/ltx` does not
 //! reach (`tests/fixtures/ltx_vae/`, made by `tools/fixtures/ltx_vae.py`): the 0.9.0 layout with
 //! channel-changing resnets, plain up-samplers and flipped causality (`v0_9_0`), and 0.9.5
-//! `spatial` / `spatiotemporal` down-samplers (`v0_9_5`), and spatial tiling (`v0_9_0`, `tiled.*`).
+//! `spatial` / `spatiotemporal` down-samplers (`v0_9_5`), spatial tiling (`v0_9_0`, `tiled.*`)
+//! and temporal tiling (`v0_9_0`, `framewise.*`).
 //! Neither decoder is timestep-conditioned.
 
 use std::collections::HashMap;
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use vidgen::families::ltx::vae::{
-    AutoencoderKlLtxVideo, AutoencoderKlLtxVideoConfig, TilingConfig,
+    AutoencoderKlLtxVideo, AutoencoderKlLtxVideoConfig, FramewiseConfig, TilingConfig,
 };
 
 fn load(variant: &str) -> (AutoencoderKlLtxVideo, HashMap<String, Tensor>) {
@@ -85,4 +86,25 @@ fn tiled_decode_and_encode_match_diffusers() {
     vae.set_tiling(None);
     let whole = vae.decode(&r["tiled.decode.input"], None).unwrap();
     assert!(max_abs_diff(&whole, &r["tiled.decode.output"]) > 1e-3);
+}
+
+#[test]
+fn framewise_decode_and_encode_match_diffusers() {
+    let (mut vae, r) = load("v0_9_0");
+    let f: Vec<i64> = r["framewise.frames"].to_vec1().unwrap();
+    vae.set_framewise(Some(FramewiseConfig {
+        tile_sample_min_num_frames: f[0] as usize,
+        tile_sample_stride_num_frames: f[1] as usize,
+    }));
+    let out = vae.decode(&r["framewise.decode.input"], None).unwrap();
+    let dd = max_abs_diff(&out, &r["framewise.decode.output"]);
+    let dist = vae.encode(&r["framewise.decode.output"]).unwrap();
+    let dm = max_abs_diff(&dist.mean, &r["framewise.encode.mean"]);
+    let dl = max_abs_diff(&dist.logvar, &r["framewise.encode.logvar"]);
+    eprintln!("framewise: decode {dd:.2e}; encode mean {dm:.2e}, logvar {dl:.2e}");
+    assert!(dm <= 1e-4 && dl <= 1e-4 && dd <= 1e-4, "{dm} {dl} {dd}");
+    // the windows change the result: the test would notice them being skipped
+    vae.set_framewise(None);
+    let whole = vae.decode(&r["framewise.decode.input"], None).unwrap();
+    assert!(max_abs_diff(&whole, &r["framewise.decode.output"]) > 1e-3);
 }

@@ -20,7 +20,7 @@ use super::vae_blocks::{
 pub use super::vae_config::AutoencoderKlLtxVideoConfig;
 use super::vae_config::{downsample_stride, DOWN_0_9_5};
 pub use crate::families::wan::vae::DiagonalGaussian;
-use crate::families::wan::vae_tiling::stitch;
+use crate::families::wan::vae_tiling::{blend_into, stitch};
 
 /// `LTXVideoEncoder3d`: patchify, `conv_in`, down blocks, mid block, RMS norm, SiLU, `conv_out`
 /// to `Z + 1` channels (Z means and one shared log-variance).
@@ -307,6 +307,26 @@ impl Default for TilingConfig {
     }
 }
 
+/// Temporal tiling ("framewise" encoding and decoding, diffusers' `use_framewise_decoding`,
+/// which the reference's encoder obeys as well): windows of `tile_sample_min_num_frames + 1`
+/// frames every `tile_sample_stride_num_frames`, overlaps blended linearly in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FramewiseConfig {
+    /// Frames per window, less one; longer clips are split (16).
+    pub tile_sample_min_num_frames: usize,
+    /// Frames between windows (8).
+    pub tile_sample_stride_num_frames: usize,
+}
+
+impl Default for FramewiseConfig {
+    fn default() -> Self {
+        Self {
+            tile_sample_min_num_frames: 16,
+            tile_sample_stride_num_frames: 8,
+        }
+    }
+}
+
 /// LTX-Video's VAE. Weight names are the checkpoint's: `encoder.…`, `decoder.…`, and the
 /// per-channel buffers `latents_mean`, `latents_std`.
 #[derive(Clone, Debug)]
@@ -315,6 +335,7 @@ pub struct AutoencoderKlLtxVideo {
     encoder: Encoder3d,
     decoder: Decoder3d,
     tiling: Option<TilingConfig>,
+    framewise: Option<FramewiseConfig>,
     /// `(Z,)`, f32.
     latents_mean: Tensor,
     /// `(Z,)`, f32.
@@ -332,6 +353,7 @@ impl AutoencoderKlLtxVideo {
             encoder: Encoder3d::load(vb.pp("encoder"), cfg)?,
             decoder: Decoder3d::load(vb.pp("decoder"), cfg)?,
             tiling: None,
+            framewise: None,
             latents_mean: vb.get(z, "latents_mean")?.to_dtype(DType::F32)?,
             latents_std: vb.get(z, "latents_std")?.to_dtype(DType::F32)?,
         })
@@ -350,6 +372,11 @@ impl AutoencoderKlLtxVideo {
     /// The tiling in use, if any.
     pub fn tiling(&self) -> Option<TilingConfig> {
         self.tiling
+    }
+
+    /// Turns temporal tiling on (`Some`) or off (`None`, the default).
+    pub fn set_framewise(&mut self, framewise: Option<FramewiseConfig>) {
+        self.framewise = framewise;
     }
 
     /// Encodes `video` `(B, C_in, F, H, W)` in [-1, 1] into the latent distribution, mean and
@@ -373,12 +400,9 @@ impl AutoencoderKlLtxVideo {
         }
         // b c f h w -> b f h w c
         let x = video.permute((0, 2, 3, 4, 1))?.contiguous()?;
-        let (height, width) = (x.dim(2)?, x.dim(3)?);
-        let moments = match self.tiling {
-            Some(t) if height > t.tile_sample_min_height || width > t.tile_sample_min_width => {
-                self.tiled_encode(&x, &t)?
-            }
-            _ => self.encoder.forward(&x)?,
+        let moments = match self.framewise {
+            Some(f) if x.dim(1)? > f.tile_sample_min_num_frames => self.framewise_encode(&x, &f)?,
+            _ => self.encode_frames(&x)?,
         };
         let z = self.config.latent_channels;
         // b t h w c -> b c t h w
@@ -415,18 +439,109 @@ impl AutoencoderKlLtxVideo {
         }
         // b z t h w -> b t h w z
         let zc = z.permute((0, 2, 3, 4, 1))?.contiguous()?;
-        let s = self.config.spatial_compression();
-        let video = match self.tiling {
-            Some(t)
-                if dims[3] > t.tile_sample_min_height / s
-                    || dims[4] > t.tile_sample_min_width / s =>
-            {
-                self.tiled_decode(&zc, timestep, &t)?
+        let tc = self.config.temporal_compression();
+        let video = match self.framewise {
+            Some(f) if dims[2] > f.tile_sample_min_num_frames / tc => {
+                self.framewise_decode(&zc, timestep, &f)?
             }
-            _ => self.decoder.forward(&zc, timestep)?,
+            _ => self.decode_frames(&zc, timestep)?,
         };
         // b f h w c -> b c f h w
         video.permute((0, 4, 1, 2, 3))?.contiguous()
+    }
+
+    /// Encodes channels-last `x` `(B, F, H, W, C)`, spatially tiled if tiling is on and the
+    /// frame is larger than a tile.
+    fn encode_frames(&self, x: &Tensor) -> Result<Tensor> {
+        let (height, width) = (x.dim(2)?, x.dim(3)?);
+        match self.tiling {
+            Some(t) if height > t.tile_sample_min_height || width > t.tile_sample_min_width => {
+                self.tiled_encode(x, &t)
+            }
+            _ => self.encoder.forward(x),
+        }
+    }
+
+    /// Decodes channels-last `z` `(B, T, h, w, Z)`, spatially tiled if tiling is on and the
+    /// latent frame is larger than a tile.
+    fn decode_frames(&self, z: &Tensor, timestep: Option<&Tensor>) -> Result<Tensor> {
+        let s = self.config.spatial_compression();
+        let (height, width) = (z.dim(2)?, z.dim(3)?);
+        match self.tiling {
+            Some(t)
+                if height > t.tile_sample_min_height / s || width > t.tile_sample_min_width / s =>
+            {
+                self.tiled_decode(z, timestep, &t)
+            }
+            _ => self.decoder.forward(z, timestep),
+        }
+    }
+
+    /// diffusers' `_temporal_tiled_encode`: windows of `min + 1` frames every `stride`, each
+    /// but the first losing its first latent frame, blended over `(min - stride) / t` latent
+    /// frames with the (blended) window before.
+    fn framewise_encode(&self, x: &Tensor, f: &FramewiseConfig) -> Result<Tensor> {
+        let frames = x.dim(1)?;
+        let tc = self.config.temporal_compression();
+        let (min_t, stride_t) = (
+            f.tile_sample_min_num_frames / tc,
+            f.tile_sample_stride_num_frames / tc,
+        );
+        if f.tile_sample_stride_num_frames == 0 {
+            candle_core::bail!("framewise stride must be positive")
+        }
+        let mut windows = Vec::new();
+        for i in (0..frames).step_by(f.tile_sample_stride_num_frames) {
+            let n = (f.tile_sample_min_num_frames + 1).min(frames - i);
+            let mut tile = self.encode_frames(&x.narrow(1, i, n)?.contiguous()?)?;
+            if i > 0 {
+                tile = tile.narrow(1, 1, tile.dim(1)? - 1)?;
+            }
+            windows.push(tile);
+        }
+        let blend = min_t.saturating_sub(stride_t);
+        stitch_time(
+            windows,
+            blend,
+            stride_t + 1,
+            stride_t,
+            (frames - 1) / tc + 1,
+        )
+    }
+
+    /// diffusers' `_temporal_tiled_decode`: windows of `min / t + 1` latent frames every
+    /// `stride / t`, each but the first losing its last output frame, blended over
+    /// `min - stride` frames with the (blended) window before.
+    fn framewise_decode(
+        &self,
+        z: &Tensor,
+        timestep: Option<&Tensor>,
+        f: &FramewiseConfig,
+    ) -> Result<Tensor> {
+        let frames = z.dim(1)?;
+        let tc = self.config.temporal_compression();
+        let (min_t, stride_t) = (
+            f.tile_sample_min_num_frames / tc,
+            f.tile_sample_stride_num_frames / tc,
+        );
+        if stride_t == 0 {
+            candle_core::bail!("framewise stride is less than one latent frame ({tc} frames)")
+        }
+        let mut windows = Vec::new();
+        for i in (0..frames).step_by(stride_t) {
+            let n = (min_t + 1).min(frames - i);
+            let mut tile = self.decode_frames(&z.narrow(1, i, n)?.contiguous()?, timestep)?;
+            if i > 0 {
+                // the reference drops the last frame here, not the first
+                tile = tile.narrow(1, 0, tile.dim(1)? - 1)?;
+            }
+            windows.push(tile);
+        }
+        let blend = f
+            .tile_sample_min_num_frames
+            .saturating_sub(f.tile_sample_stride_num_frames);
+        let stride = f.tile_sample_stride_num_frames;
+        stitch_time(windows, blend, stride + 1, stride, (frames - 1) * tc + 1)
     }
 
     /// diffusers' `tiled_encode`: channels-last `x` `(B, F, H, W, C)` -> moments
@@ -554,4 +669,32 @@ fn tile_grid(
         .step_by(stride_h)
         .map(|i| (0..width).step_by(stride_w).map(|j| f(i, j)).collect())
         .collect()
+}
+
+/// Blends each window `(B, T_i, H, W, C)` over `blend` frames with the blended window before,
+/// keeps the first `first_keep` frames of the first window and `keep` of the others, and crops
+/// the concatenation to `total` frames.
+fn stitch_time(
+    mut windows: Vec<Tensor>,
+    blend: usize,
+    first_keep: usize,
+    keep: usize,
+    total: usize,
+) -> Result<Tensor> {
+    let mut pieces = Vec::with_capacity(windows.len());
+    for i in 0..windows.len() {
+        let mut tile = windows[i].clone();
+        let n = if i > 0 {
+            tile = blend_into(&windows[i - 1], &tile, blend, 1)?;
+            // the reference blends in place: the next window sees this one blended
+            windows[i] = tile.clone();
+            keep
+        } else {
+            first_keep
+        };
+        pieces.push(tile.narrow(1, 0, n.min(tile.dim(1)?))?);
+    }
+    let all = Tensor::cat(&pieces, 1)?;
+    let t = all.dim(1)?.min(total);
+    all.narrow(1, 0, t)?.contiguous()
 }

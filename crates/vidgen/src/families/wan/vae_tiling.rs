@@ -112,7 +112,7 @@ pub(crate) fn stitch(
 
 /// The first `extent` rows (or columns, along `axis`) of `b` become
 /// `a_tail * (1 - y / extent) + b_head * (y / extent)`, where `a_tail` are `a`'s last ones.
-fn blend_into(a: &Tensor, b: &Tensor, extent: usize, axis: usize) -> Result<Tensor> {
+pub(crate) fn blend_into(a: &Tensor, b: &Tensor, extent: usize, axis: usize) -> Result<Tensor> {
     let (la, lb) = (a.dim(axis)?, b.dim(axis)?);
     let e = extent.min(la).min(lb);
     if e == 0 {
