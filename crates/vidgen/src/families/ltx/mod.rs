@@ -3,3 +3,4 @@
 pub mod vae;
 mod vae_blocks;
 mod vae_config;
+mod vae_tiling;
