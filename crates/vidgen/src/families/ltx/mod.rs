@@ -4,3 +4,7 @@
 pub mod config;
 pub mod rope;
 pub mod transformer;
+pub mod vae;
+mod vae_blocks;
+mod vae_config;
+mod vae_tiling;
