@@ -4,3 +4,5 @@
 pub mod config;
 pub mod embeddings;
 pub mod transformer;
+pub mod vae;
+mod vae_blocks;
