@@ -8,7 +8,9 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use vidgen::families::cogvideox::vae::{AutoencoderKlCogVideoX, AutoencoderKlCogVideoXConfig};
+use vidgen::families::cogvideox::vae::{
+    AutoencoderKlCogVideoX, AutoencoderKlCogVideoXConfig, TilingConfig,
+};
 
 fn fixture_dir(variant: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -170,8 +172,62 @@ fn bf16_weights_stay_close_to_f32() {
     let out = vae.decode(&z).unwrap();
     assert_eq!(out.dtype(), DType::BF16);
     let want = &r["vae.decode.output"];
-    let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let scale = want
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     let d = max_abs_diff(&out, want);
     eprintln!("decode bf16: {d:.2e} (outputs up to {scale:.2})");
     assert!(d <= 0.05 * scale.max(1.0), "bf16 decode max abs diff {d}");
+}
+
+#[test]
+fn tiled_decode_and_encode_match_diffusers() {
+    // tests/fixtures/cogvideox_vae_tiling/, made by tools/fixtures/cogvideox_vae_tiling.py
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/cogvideox_vae_tiling");
+    let cfg = AutoencoderKlCogVideoXConfig::from_file(dir.join("config.json")).unwrap();
+    let weights = dir.join("diffusion_pytorch_model.safetensors");
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &Device::Cpu) }
+        .unwrap();
+    let mut vae = AutoencoderKlCogVideoX::new(&cfg, vb).unwrap();
+    let r =
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+    let t = r["tiling"].to_vec1::<f64>().unwrap();
+    vae.set_tiling(Some(TilingConfig {
+        tile_sample_min_height: t[0] as usize,
+        tile_sample_min_width: t[1] as usize,
+        tile_overlap_factor_height: t[2],
+        tile_overlap_factor_width: t[3],
+    }));
+    let out = vae.decode(&r["decode.input"]).unwrap();
+    let d = max_abs_diff(&out, &r["decode.output"]);
+    let dist = vae.encode(&r["decode.output"]).unwrap();
+    let dm = max_abs_diff(&dist.mean, &r["encode.mean"]);
+    let dl = max_abs_diff(&dist.logvar, &r["encode.logvar"]);
+    eprintln!("tiled: decode {d:.2e}, encode mean {dm:.2e}, logvar {dl:.2e}");
+    assert!(
+        d <= 1e-4 && dm <= 1e-4 && dl <= 1e-4,
+        "decode {d}, mean {dm}, logvar {dl}"
+    );
+    // the untiled result differs at the seams, so the test does exercise tiling
+    vae.set_tiling(None);
+    assert!(max_abs_diff(&vae.decode(&r["decode.input"]).unwrap(), &out) > 1e-3);
+}
+
+#[test]
+fn default_tiling_is_the_references() {
+    let cfg = AutoencoderKlCogVideoXConfig::default();
+    let t = TilingConfig::for_config(&cfg);
+    assert_eq!(
+        (t.tile_sample_min_height, t.tile_sample_min_width),
+        (240, 360)
+    );
+    assert_eq!(
+        (t.tile_overlap_factor_height, t.tile_overlap_factor_width),
+        (1.0 / 6.0, 0.2)
+    );
 }

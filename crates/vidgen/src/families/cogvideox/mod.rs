@@ -7,3 +7,4 @@ pub mod pipeline;
 pub mod transformer;
 pub mod vae;
 mod vae_blocks;
+pub mod vae_tiling;

@@ -7,7 +7,9 @@
 //! per chunk (the first chunk also takes the `F mod 8` left over, so `F = 8k + 1` gives 9, 8, 8,
 //! …); decoding takes 2 latent frames per chunk (the first also takes an odd one: 3, 2, 2, …),
 //! and a chunk of 2 gives 8 frames, one of 3 gives 9. Memory is bounded by one chunk at full
-//! resolution, as in the reference. The layers live in `vae_blocks.rs`; they run channels-last.
+//! resolution, as in the reference; large frames can also be cut into overlapping spatial tiles
+//! ([`TilingConfig`], diffusers' `enable_tiling`, in `vae_tiling.rs`). The layers live in
+//! `vae_blocks.rs`; they run channels-last.
 
 use std::path::Path;
 
@@ -16,6 +18,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use super::vae_blocks::{ConvCache, Decoder3d, Dims, Encoder3d};
+pub use super::vae_tiling::TilingConfig;
 pub use crate::families::wan::vae::DiagonalGaussian;
 
 /// Pixel frames per encoder chunk (the reference's `num_sample_frames_batch_size`).
@@ -217,6 +220,7 @@ pub struct AutoencoderKlCogVideoX {
     config: AutoencoderKlCogVideoXConfig,
     encoder: Encoder3d,
     decoder: Decoder3d,
+    tiling: Option<TilingConfig>,
 }
 
 impl AutoencoderKlCogVideoX {
@@ -241,7 +245,18 @@ impl AutoencoderKlCogVideoX {
             config: cfg.clone(),
             encoder: Encoder3d::load(vb.pp("encoder"), &enc)?,
             decoder: Decoder3d::load(vb.pp("decoder"), &dec)?,
+            tiling: None,
         })
+    }
+
+    /// Turns spatial tiling on (`Some`, diffusers' `enable_tiling`) or off (`None`, the default).
+    pub fn set_tiling(&mut self, tiling: Option<TilingConfig>) {
+        self.tiling = tiling;
+    }
+
+    /// The tiling in use, if any.
+    pub fn tiling(&self) -> Option<TilingConfig> {
+        self.tiling
     }
 
     /// The config it was built from.
@@ -265,19 +280,15 @@ impl AutoencoderKlCogVideoX {
                 video.shape()
             )
         }
-        let mut cache = ConvCache::default();
-        let mut outs = Vec::new();
-        for (start, end) in chunk_ranges(video.dim(2)?, ENCODE_CHUNK) {
-            // b c t h w -> b t h w c
-            let chunk = video
-                .narrow(2, start, end - start)?
-                .permute((0, 2, 3, 4, 1))?
-                .contiguous()?;
-            cache.start_chunk();
-            outs.push(self.encoder.forward(&chunk, &mut cache)?);
-        }
+        let (_, _, _, h, w) = video.dims5()?;
+        let moments = match self.tiling {
+            Some(t) if h > t.tile_sample_min_height || w > t.tile_sample_min_width => {
+                super::vae_tiling::tiled_encode(self, video, &t)?
+            }
+            _ => self.encode_tile(video)?,
+        };
         // b t h w (2 z) -> b (2 z) t h w
-        let moments = Tensor::cat(&outs, 1)?.permute((0, 4, 1, 2, 3))?;
+        let moments = moments.permute((0, 4, 1, 2, 3))?;
         let z = self.config.latent_channels;
         Ok(DiagonalGaussian {
             mean: moments.narrow(1, 0, z)?.contiguous()?,
@@ -295,7 +306,8 @@ impl AutoencoderKlCogVideoX {
         self.decode_with_progress(z, &mut |_, _| {})
     }
 
-    /// [`Self::decode`], calling `progress(done, total)` with latent frames after each chunk.
+    /// [`Self::decode`], calling `progress(done, total)` with latent frames after each chunk (once
+    /// at the end when tiling).
     pub fn decode_with_progress(
         &self,
         z: &Tensor,
@@ -306,10 +318,43 @@ impl AutoencoderKlCogVideoX {
         if !matches!(dims, &[_, c, t, h, w] if c == zc && t > 0 && h > 0 && w > 0) {
             candle_core::bail!("expected latents (B, {zc}, T, h, w), got {:?}", z.shape())
         }
-        let frames = z.dim(2)?;
+        let (_, _, frames, h, w) = z.dims5()?;
+        let s = self.config.spatial_compression();
+        let video = match self.tiling {
+            Some(t) if h > t.tile_sample_min_height / s || w > t.tile_sample_min_width / s => {
+                let video = super::vae_tiling::tiled_decode(self, z, &t)?;
+                progress(frames, frames);
+                video
+            }
+            _ => self.decode_tile(z, &mut |end| progress(end, frames))?,
+        };
+        // b f h w c -> b c f h w
+        video.permute((0, 4, 1, 2, 3))?.contiguous()
+    }
+
+    /// Encodes one tile `(B, C_in, F, H, W)` chunk by chunk into channels-last moments
+    /// `(B, T, h, w, 2Z)`.
+    pub(crate) fn encode_tile(&self, video: &Tensor) -> Result<Tensor> {
         let mut cache = ConvCache::default();
         let mut outs = Vec::new();
-        for (start, end) in chunk_ranges(frames, DECODE_CHUNK) {
+        for (start, end) in chunk_ranges(video.dim(2)?, ENCODE_CHUNK) {
+            // b c t h w -> b t h w c
+            let chunk = video
+                .narrow(2, start, end - start)?
+                .permute((0, 2, 3, 4, 1))?
+                .contiguous()?;
+            cache.start_chunk();
+            outs.push(self.encoder.forward(&chunk, &mut cache)?);
+        }
+        Tensor::cat(&outs, 1)
+    }
+
+    /// Decodes one tile `(B, Z, T, h, w)` chunk by chunk into a channels-last video
+    /// `(B, F, 8h, 8w, C_out)`; `done(end)` after each chunk with its last latent frame.
+    pub(crate) fn decode_tile(&self, z: &Tensor, done: &mut dyn FnMut(usize)) -> Result<Tensor> {
+        let mut cache = ConvCache::default();
+        let mut outs = Vec::new();
+        for (start, end) in chunk_ranges(z.dim(2)?, DECODE_CHUNK) {
             // b z t h w -> b t h w z
             let chunk = z
                 .narrow(2, start, end - start)?
@@ -317,12 +362,9 @@ impl AutoencoderKlCogVideoX {
                 .contiguous()?;
             cache.start_chunk();
             outs.push(self.decoder.forward(&chunk, &mut cache)?);
-            progress(end, frames);
+            done(end);
         }
-        // b f h w c -> b c f h w
-        Tensor::cat(&outs, 1)?
-            .permute((0, 4, 1, 2, 3))?
-            .contiguous()
+        Tensor::cat(&outs, 1)
     }
 
     /// What the pipeline does to the DiT's latents before decoding: `latents * (1 / scaling_factor)`
