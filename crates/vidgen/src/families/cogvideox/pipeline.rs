@@ -6,7 +6,9 @@
 //! Latents are laid out **frames before channels**, `(1, T, C, H/8, W/8)` with
 //! `T = (frames - 1) / 4 + 1`, exactly as the reference's `latents=` argument (and
 //! [`GenerateRequest::latents`]) takes them and as [`Generated::latents`] returns them; they
-//! are permuted to `(1, C, T, H/8, W/8)` only for the VAE.
+//! are permuted to `(1, C, T, H/8, W/8)` only for the VAE, which decodes `T` latent frames to
+//! `4(T - 1) + 1` frames for odd `T` and to `4T` for even `T`, as the reference does (13
+//! frames → 4 latent frames → 16 output frames).
 //!
 //! Defaults follow the reference: the transformer's `sample_frames` (49) frames at
 //! `sample_height · 8 × sample_width · 8` (480x720), 50 steps, guidance 6, and 8 fps (the
