@@ -60,7 +60,8 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub decode_noise_scale: Option<f64>,
     /// safetensors file whose tensor `latents` is the initial noise, laid out as the diffusers
-    /// pipeline takes `latents=` (Wan: (B, C, T, H, W)).
+    /// pipeline takes `latents=` (Wan: (B, C, T, H, W); CogVideoX: (B, T, C, H, W), frames
+    /// before channels).
     #[arg(long)]
     pub latents: Option<PathBuf>,
     /// Output file: .mp4, .gif, or .png (then a folder of numbered frames is written next to it).

@@ -69,6 +69,9 @@ fn component(dir: &Path, summary: String) -> Result<ComponentInfo> {
 pub fn describe(path: &Path) -> Result<ModelInfo> {
     let dir = resolve_model_dir(path)?;
     let pipeline = class_name(&dir.join("model_index.json"))?;
+    if pipeline == crate::families::cogvideox::pipeline::CLASS_NAME {
+        return describe_cogvideox(dir, pipeline);
+    }
     if pipeline != "WanPipeline" {
         return Err(Error::Unsupported {
             what: "pipeline",
@@ -117,6 +120,60 @@ pub fn describe(path: &Path) -> Result<ModelInfo> {
         tokenizer_vocab: tokenizer.vocab_size(),
         scheduler,
         defaults,
+        path: dir,
+    })
+}
+
+/// [`describe`] for a `CogVideoXPipeline` folder.
+fn describe_cogvideox(dir: PathBuf, pipeline: String) -> Result<ModelInfo> {
+    let pipe = crate::families::cogvideox::pipeline::CogVideoXPipeline::load(
+        &dir,
+        crate::pipeline::LoadOptions::default(),
+    )?;
+    let t = pipe.transformer_config();
+    let v = pipe.vae_config();
+    let e = crate::text::T5Config::from_file(dir.join("text_encoder/config.json"))?;
+    let tokenizer = PromptTokenizer::from_file(dir.join("tokenizer/tokenizer.json"))?;
+    let scheduler = class_name(&dir.join("scheduler/scheduler_config.json"))?;
+    let (tf, sf) = pipe.vae_scale_factors();
+    let position = if t.use_rotary_positional_embeddings {
+        "3D RoPE"
+    } else {
+        "3D sin-cos table"
+    };
+    Ok(ModelInfo {
+        pipeline,
+        family: "cogvideox".into(),
+        tasks: vec!["text-to-video".into()],
+        transformer: component(
+            &dir.join("transformer"),
+            format!(
+                "{} layers, {} heads × {} = width {}, patch {}, {position}, text width {}",
+                t.num_layers,
+                t.num_attention_heads,
+                t.attention_head_dim,
+                t.inner_dim(),
+                t.patch_size,
+                t.text_embed_dim
+            ),
+        )?,
+        vae: component(
+            &dir.join("vae"),
+            format!(
+                "{} latent channels, compression {tf}× in time and {sf}× in space, scaling factor {}",
+                v.latent_channels, v.scaling_factor
+            ),
+        )?,
+        text_encoder: component(
+            &dir.join("text_encoder"),
+            format!(
+                "T5 encoder: {} layers, width {}, {} heads, vocabulary {}",
+                e.num_layers, e.d_model, e.num_heads, e.vocab_size
+            ),
+        )?,
+        tokenizer_vocab: tokenizer.vocab_size(),
+        scheduler,
+        defaults: pipe.defaults().clone(),
         path: dir,
     })
 }

@@ -14,7 +14,7 @@ use crate::checkpoint::{class_name, read_json, resolve_model_dir, Weights};
 use crate::{Error, Result};
 
 /// Pipeline classes vidgen runs (`model_index.json`'s `_class_name`).
-pub const SUPPORTED_PIPELINES: &[&str] = &["WanPipeline"];
+pub const SUPPORTED_PIPELINES: &[&str] = &["WanPipeline", "CogVideoXPipeline"];
 
 /// Where and how to run the model.
 #[derive(Debug, Clone)]
@@ -101,7 +101,8 @@ pub struct GenerateRequest {
     pub seed: u64,
     pub max_sequence_length: Option<usize>,
     /// Initial noise exactly as the family's diffusers pipeline takes `latents=` (Wan:
-    /// `(1, C, T, H, W)`); sizes then default to the latents'.
+    /// `(1, C, T, H, W)`; CogVideoX: `(1, T, C, H, W)`, frames before channels); sizes then
+    /// default to the latents'.
     pub latents: Option<Tensor>,
     /// Frame rate of the output, which frame-rate-conditioned models (LTX) also receive.
     pub fps: Option<u32>,
@@ -131,7 +132,8 @@ pub struct Settings {
 pub struct Generated {
     /// `(F, H, W, 3)` f32 in [0, 1], before any 8-bit rounding.
     pub frames: Tensor,
-    /// The denoised latents `(1, C, T, H, W)`, before VAE decoding.
+    /// The denoised latents before VAE decoding, in the layout the family takes them
+    /// (Wan: `(1, C, T, H, W)`; CogVideoX: `(1, T, C, H, W)`).
     pub latents: Tensor,
     pub settings: Settings,
     /// Wall-clock seconds of each stage, components' loading included.
@@ -191,6 +193,9 @@ pub fn load(path: &Path, opts: LoadOptions) -> Result<Box<dyn VideoPipeline>> {
         "WanPipeline" => Ok(Box::new(crate::families::wan::pipeline::WanPipeline::load(
             &dir, opts,
         )?)),
+        "CogVideoXPipeline" => Ok(Box::new(
+            crate::families::cogvideox::pipeline::CogVideoXPipeline::load(&dir, opts)?,
+        )),
         _ => Err(Error::Unsupported {
             what: "pipeline",
             name: class,

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod embeddings;
+pub mod pipeline;
 pub mod transformer;
 pub mod vae;
 mod vae_blocks;
