@@ -84,6 +84,21 @@ impl PromptTokenizer {
     /// settings; any truncation or padding the file asks for is replaced by `encode_padded`'s.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
+        let folder = path.parent().unwrap_or(Path::new("."));
+        if !path.exists() && folder.join("spiece.model").is_file() {
+            // The published CogVideoX (and other T5) checkpoints ship only the SentencePiece
+            // model; transformers converts it to tokenizer.json once.
+            return Err(Error::NotAModel {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "vidgen reads tokenizer.json, and this folder has only spiece.model. Write \
+                     one once with transformers (pip install transformers sentencepiece \
+                     protobuf): python -c \"from transformers import AutoTokenizer; \
+                     AutoTokenizer.from_pretrained('{0}').save_pretrained('{0}')\"",
+                    folder.display()
+                ),
+            });
+        }
         let json = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let bad = |reason: String| Error::BadConfig {
             path: path.to_path_buf(),
@@ -173,6 +188,18 @@ impl PromptTokenizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sentencepiece_only_folder_says_how_to_make_tokenizer_json() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("spiece.model"), b"").unwrap();
+        let err = PromptTokenizer::from_file(dir.path().join("tokenizer.json"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("has only spiece.model"), "{err}");
+        assert!(err.contains("save_pretrained"), "{err}");
+    }
     use crate::text::vocab::{default_vocab, write_tokenizer_json};
 
     // Expected strings were printed by diffusers' `prompt_clean` (ftfy not installed).
