@@ -14,7 +14,7 @@ use crate::checkpoint::{class_name, read_json, resolve_model_dir, Weights};
 use crate::{Error, Result};
 
 /// Pipeline classes vidgen runs (`model_index.json`'s `_class_name`).
-pub const SUPPORTED_PIPELINES: &[&str] = &["WanPipeline"];
+pub const SUPPORTED_PIPELINES: &[&str] = &["WanPipeline", "LTXPipeline"];
 
 /// Where and how to run the model.
 #[derive(Debug, Clone)]
@@ -163,7 +163,6 @@ pub struct Progress {
     pub total: usize,
 }
 
-
 /// A text-to-video pipeline over a model folder.
 pub trait VideoPipeline {
     /// The folder the model was loaded from (a snapshot folder for a cache path).
@@ -190,6 +189,9 @@ pub fn load(path: &Path, opts: LoadOptions) -> Result<Box<dyn VideoPipeline>> {
     let class = class_name(&dir.join("model_index.json"))?;
     match class.as_str() {
         "WanPipeline" => Ok(Box::new(crate::families::wan::pipeline::WanPipeline::load(
+            &dir, opts,
+        )?)),
+        "LTXPipeline" => Ok(Box::new(crate::families::ltx::pipeline::LtxPipeline::load(
             &dir, opts,
         )?)),
         _ => Err(Error::Unsupported {

@@ -2,5 +2,9 @@
 //! frame-rate-scaled RoPE, T5 text conditioning and a timestep-conditioned causal VAE.
 
 pub mod config;
+pub mod pipeline;
 pub mod rope;
 pub mod transformer;
+pub mod vae;
+mod vae_blocks;
+mod vae_config;

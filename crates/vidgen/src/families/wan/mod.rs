@@ -8,4 +8,4 @@ pub mod transformer;
 pub mod vae;
 mod vae_blocks;
 mod vae_resample;
-mod vae_tiling;
+pub(crate) mod vae_tiling;

@@ -103,7 +103,7 @@ fn tiles(
 
 /// Blends each tile with the blended tiles above and to the left over `blend` (rows, columns),
 /// keeps its top-left `stride` part, stitches, and crops to `out` `(H, W)`.
-fn stitch(
+pub(crate) fn stitch(
     mut rows: Vec<Vec<Tensor>>,
     blend: (usize, usize),
     stride: (usize, usize),
@@ -137,7 +137,7 @@ fn stitch(
 
 /// The first `extent` rows (or columns, along `axis`) of `b` become
 /// `a_tail * (1 - y / extent) + b_head * (y / extent)`, where `a_tail` are `a`'s last ones.
-fn blend_into(a: &Tensor, b: &Tensor, extent: usize, axis: usize) -> Result<Tensor> {
+pub(crate) fn blend_into(a: &Tensor, b: &Tensor, extent: usize, axis: usize) -> Result<Tensor> {
     let (la, lb) = (a.dim(axis)?, b.dim(axis)?);
     let e = extent.min(la).min(lb);
     if e == 0 {
