@@ -187,3 +187,43 @@ fn the_dispatcher_opens_ltx_folders() {
     .unwrap();
     assert_eq!(pipe.defaults().num_frames, 161);
 }
+
+#[test]
+fn guidance_of_one_ignores_the_negative_prompt() {
+    let mut pipe = pipeline();
+    let base = GenerateRequest {
+        guidance_scale: Some(1.0),
+        num_inference_steps: Some(2),
+        ..fixture_request()
+    };
+    let (_, a, _) = pipe.denoise(&base, &mut |_| {}).unwrap();
+    let other = GenerateRequest {
+        negative_prompt: Some("something else entirely".into()),
+        ..base
+    };
+    let (_, b, _) = pipe.denoise(&other, &mut |_| {}).unwrap();
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
+}
+
+#[test]
+fn decode_noise_is_seeded_and_off_at_scale_zero() {
+    let refs = family_reference("ltx");
+    let mut pipe = pipeline();
+    let settings = pipe.resolve(&fixture_request()).unwrap();
+    let latents = &refs["pipeline.final_latents"];
+    let mut decode = |seed: u64, scale: f64| {
+        let s = vidgen::pipeline::Settings {
+            seed,
+            ..settings.clone()
+        };
+        pipe.decode(latents, &s, Some(0.05), Some(scale), &mut |_| {})
+            .unwrap()
+    };
+    let clean = decode(1, 0.0);
+    assert!(max_abs_diff(&clean, &refs["pipeline.frames"]) <= 2e-3);
+    assert_eq!(max_abs_diff(&clean, &decode(2, 0.0)), 0.0);
+    let noisy = decode(1, 0.5);
+    assert_eq!(max_abs_diff(&noisy, &decode(1, 0.5)), 0.0);
+    assert!(max_abs_diff(&noisy, &clean) > 1e-3);
+    assert!(max_abs_diff(&noisy, &decode(2, 0.5)) > 0.0);
+}
