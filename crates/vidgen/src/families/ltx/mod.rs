@@ -8,3 +8,4 @@ pub mod transformer;
 pub mod vae;
 mod vae_blocks;
 mod vae_config;
+mod vae_tiling;

@@ -6,9 +6,10 @@
 //! (`decode_timestep`) through AdaLN-style shift/scale in its resnets. Both run over the whole
 //! clip at once, as the reference does (no frame cache: its convs pad time with copies of the
 //! edge frames, so there is no chunked formulation that gives the same numbers); memory grows
-//! with the clip. Large frames can be split into overlapping spatial tiles ([`TilingConfig`],
-//! diffusers' `enable_tiling`); the reference's framewise (temporal tiling) mode is not ported.
-//! The config lives in `vae_config.rs`, the layers in `vae_blocks.rs`.
+//! with the clip unless large frames are split into overlapping spatial tiles ([`TilingConfig`],
+//! diffusers' `enable_tiling`) and long clips into overlapping frame windows
+//! ([`FramewiseConfig`], `use_framewise_decoding`), both in `vae_tiling.rs`. The config lives in
+//! `vae_config.rs`, the layers in `vae_blocks.rs`.
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -19,13 +20,13 @@ use super::vae_blocks::{
 };
 pub use super::vae_config::AutoencoderKlLtxVideoConfig;
 use super::vae_config::{downsample_stride, DOWN_0_9_5};
+pub use super::vae_tiling::{FramewiseConfig, TilingConfig};
 pub use crate::families::wan::vae::DiagonalGaussian;
-use crate::families::wan::vae_tiling::{blend_into, stitch};
 
 /// `LTXVideoEncoder3d`: patchify, `conv_in`, down blocks, mid block, RMS norm, SiLU, `conv_out`
 /// to `Z + 1` channels (Z means and one shared log-variance).
 #[derive(Clone, Debug)]
-struct Encoder3d {
+pub(super) struct Encoder3d {
     patch_size: usize,
     conv_in: CausalConv3d,
     down_blocks: Vec<DownBlock>,
@@ -120,7 +121,7 @@ impl Encoder3d {
     }
 
     /// `(B, F, H, W, C_in)` -> `(B, T, h, w, Z + 1)`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = self.conv_in.forward(&patchify(x, self.patch_size)?)?;
         for block in &self.down_blocks {
             h = block.forward(&h)?;
@@ -140,7 +141,7 @@ struct OutModulation {
 /// `LTXVideoDecoder3d`: `conv_in`, mid block, up blocks, RMS norm, [AdaLN], SiLU, `conv_out`,
 /// unpatchify.
 #[derive(Clone, Debug)]
-struct Decoder3d {
+pub(super) struct Decoder3d {
     patch_size: usize,
     conv_in: CausalConv3d,
     mid_block: MidBlock,
@@ -250,7 +251,7 @@ impl Decoder3d {
     }
 
     /// `z` `(B, T, h, w, Z)`, `timestep` `(B,)` when conditioned -> `(B, F, H, W, C_out)`.
-    fn forward(&self, z: &Tensor, timestep: Option<&Tensor>) -> Result<Tensor> {
+    pub(super) fn forward(&self, z: &Tensor, timestep: Option<&Tensor>) -> Result<Tensor> {
         let mut h = self.conv_in.forward(z)?;
         let timestep = match (&self.timestep_scale, timestep) {
             (Some(s), Some(t)) => Some(t.to_dtype(s.dtype())?.broadcast_mul(s)?),
@@ -281,61 +282,15 @@ impl Decoder3d {
     }
 }
 
-/// Spatial tiling of `encode`/`decode`, diffusers' `enable_tiling` for this VAE: tiles of
-/// `tile_sample_min_*` pixels every `tile_sample_stride_*` pixels, overlaps blended linearly
-/// (tile sizes in latents are these divided by the spatial compression, as in the reference).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TilingConfig {
-    /// Tile height in pixels; taller frames are tiled (512).
-    pub tile_sample_min_height: usize,
-    /// Tile width in pixels; wider frames are tiled (512).
-    pub tile_sample_min_width: usize,
-    /// Vertical distance between tiles in pixels (448).
-    pub tile_sample_stride_height: usize,
-    /// Horizontal distance between tiles in pixels (448).
-    pub tile_sample_stride_width: usize,
-}
-
-impl Default for TilingConfig {
-    fn default() -> Self {
-        Self {
-            tile_sample_min_height: 512,
-            tile_sample_min_width: 512,
-            tile_sample_stride_height: 448,
-            tile_sample_stride_width: 448,
-        }
-    }
-}
-
-/// Temporal tiling ("framewise" encoding and decoding, diffusers' `use_framewise_decoding`,
-/// which the reference's encoder obeys as well): windows of `tile_sample_min_num_frames + 1`
-/// frames every `tile_sample_stride_num_frames`, overlaps blended linearly in time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FramewiseConfig {
-    /// Frames per window, less one; longer clips are split (16).
-    pub tile_sample_min_num_frames: usize,
-    /// Frames between windows (8).
-    pub tile_sample_stride_num_frames: usize,
-}
-
-impl Default for FramewiseConfig {
-    fn default() -> Self {
-        Self {
-            tile_sample_min_num_frames: 16,
-            tile_sample_stride_num_frames: 8,
-        }
-    }
-}
-
 /// LTX-Video's VAE. Weight names are the checkpoint's: `encoder.…`, `decoder.…`, and the
 /// per-channel buffers `latents_mean`, `latents_std`.
 #[derive(Clone, Debug)]
 pub struct AutoencoderKlLtxVideo {
     config: AutoencoderKlLtxVideoConfig,
-    encoder: Encoder3d,
-    decoder: Decoder3d,
-    tiling: Option<TilingConfig>,
-    framewise: Option<FramewiseConfig>,
+    pub(super) encoder: Encoder3d,
+    pub(super) decoder: Decoder3d,
+    pub(super) tiling: Option<TilingConfig>,
+    pub(super) framewise: Option<FramewiseConfig>,
     /// `(Z,)`, f32.
     latents_mean: Tensor,
     /// `(Z,)`, f32.
@@ -450,160 +405,6 @@ impl AutoencoderKlLtxVideo {
         video.permute((0, 4, 1, 2, 3))?.contiguous()
     }
 
-    /// Encodes channels-last `x` `(B, F, H, W, C)`, spatially tiled if tiling is on and the
-    /// frame is larger than a tile.
-    fn encode_frames(&self, x: &Tensor) -> Result<Tensor> {
-        let (height, width) = (x.dim(2)?, x.dim(3)?);
-        match self.tiling {
-            Some(t) if height > t.tile_sample_min_height || width > t.tile_sample_min_width => {
-                self.tiled_encode(x, &t)
-            }
-            _ => self.encoder.forward(x),
-        }
-    }
-
-    /// Decodes channels-last `z` `(B, T, h, w, Z)`, spatially tiled if tiling is on and the
-    /// latent frame is larger than a tile.
-    fn decode_frames(&self, z: &Tensor, timestep: Option<&Tensor>) -> Result<Tensor> {
-        let s = self.config.spatial_compression();
-        let (height, width) = (z.dim(2)?, z.dim(3)?);
-        match self.tiling {
-            Some(t)
-                if height > t.tile_sample_min_height / s || width > t.tile_sample_min_width / s =>
-            {
-                self.tiled_decode(z, timestep, &t)
-            }
-            _ => self.decoder.forward(z, timestep),
-        }
-    }
-
-    /// diffusers' `_temporal_tiled_encode`: windows of `min + 1` frames every `stride`, each
-    /// but the first losing its first latent frame, blended over `(min - stride) / t` latent
-    /// frames with the (blended) window before.
-    fn framewise_encode(&self, x: &Tensor, f: &FramewiseConfig) -> Result<Tensor> {
-        let frames = x.dim(1)?;
-        let tc = self.config.temporal_compression();
-        let (min_t, stride_t) = (
-            f.tile_sample_min_num_frames / tc,
-            f.tile_sample_stride_num_frames / tc,
-        );
-        if f.tile_sample_stride_num_frames == 0 {
-            candle_core::bail!("framewise stride must be positive")
-        }
-        let mut windows = Vec::new();
-        for i in (0..frames).step_by(f.tile_sample_stride_num_frames) {
-            let n = (f.tile_sample_min_num_frames + 1).min(frames - i);
-            let mut tile = self.encode_frames(&x.narrow(1, i, n)?.contiguous()?)?;
-            if i > 0 {
-                tile = tile.narrow(1, 1, tile.dim(1)? - 1)?;
-            }
-            windows.push(tile);
-        }
-        let blend = min_t.saturating_sub(stride_t);
-        stitch_time(
-            windows,
-            blend,
-            stride_t + 1,
-            stride_t,
-            (frames - 1) / tc + 1,
-        )
-    }
-
-    /// diffusers' `_temporal_tiled_decode`: windows of `min / t + 1` latent frames every
-    /// `stride / t`, each but the first losing its last output frame, blended over
-    /// `min - stride` frames with the (blended) window before.
-    fn framewise_decode(
-        &self,
-        z: &Tensor,
-        timestep: Option<&Tensor>,
-        f: &FramewiseConfig,
-    ) -> Result<Tensor> {
-        let frames = z.dim(1)?;
-        let tc = self.config.temporal_compression();
-        let (min_t, stride_t) = (
-            f.tile_sample_min_num_frames / tc,
-            f.tile_sample_stride_num_frames / tc,
-        );
-        if stride_t == 0 {
-            candle_core::bail!("framewise stride is less than one latent frame ({tc} frames)")
-        }
-        let mut windows = Vec::new();
-        for i in (0..frames).step_by(stride_t) {
-            let n = (min_t + 1).min(frames - i);
-            let mut tile = self.decode_frames(&z.narrow(1, i, n)?.contiguous()?, timestep)?;
-            if i > 0 {
-                // the reference drops the last frame here, not the first
-                tile = tile.narrow(1, 0, tile.dim(1)? - 1)?;
-            }
-            windows.push(tile);
-        }
-        let blend = f
-            .tile_sample_min_num_frames
-            .saturating_sub(f.tile_sample_stride_num_frames);
-        let stride = f.tile_sample_stride_num_frames;
-        stitch_time(windows, blend, stride + 1, stride, (frames - 1) * tc + 1)
-    }
-
-    /// diffusers' `tiled_encode`: channels-last `x` `(B, F, H, W, C)` -> moments
-    /// `(B, T, h, w, Z + 1)`, tiles blended in latent space.
-    fn tiled_encode(&self, x: &Tensor, t: &TilingConfig) -> Result<Tensor> {
-        let (_, _, height, width, _) = x.dims5()?;
-        let s = self.config.spatial_compression();
-        let (min_h, min_w) = (t.tile_sample_min_height / s, t.tile_sample_min_width / s);
-        let (stride_h, stride_w) = (
-            t.tile_sample_stride_height / s,
-            t.tile_sample_stride_width / s,
-        );
-        let rows = tile_grid(
-            height,
-            width,
-            t.tile_sample_stride_height,
-            t.tile_sample_stride_width,
-            |i, j| {
-                let tile = x
-                    .narrow(2, i, t.tile_sample_min_height.min(height - i))?
-                    .narrow(3, j, t.tile_sample_min_width.min(width - j))?;
-                self.encoder.forward(&tile.contiguous()?)
-            },
-        )?;
-        let blend = (
-            min_h.saturating_sub(stride_h),
-            min_w.saturating_sub(stride_w),
-        );
-        stitch(rows, blend, (stride_h, stride_w), (height / s, width / s))
-    }
-
-    /// diffusers' `tiled_decode`: channels-last `z` `(B, T, h, w, Z)` -> `(B, F, H, W, C)`,
-    /// tiles blended in pixel space; every tile sees the same timestep.
-    fn tiled_decode(
-        &self,
-        z: &Tensor,
-        timestep: Option<&Tensor>,
-        t: &TilingConfig,
-    ) -> Result<Tensor> {
-        let (_, _, height, width, _) = z.dims5()?;
-        let s = self.config.spatial_compression();
-        let (min_h, min_w) = (t.tile_sample_min_height / s, t.tile_sample_min_width / s);
-        let (stride_h, stride_w) = (
-            t.tile_sample_stride_height / s,
-            t.tile_sample_stride_width / s,
-        );
-        let rows = tile_grid(height, width, stride_h, stride_w, |i, j| {
-            let tile = z
-                .narrow(2, i, min_h.min(height - i))?
-                .narrow(3, j, min_w.min(width - j))?;
-            self.decoder.forward(&tile.contiguous()?, timestep)
-        })?;
-        let blend = (
-            t.tile_sample_min_height
-                .saturating_sub(t.tile_sample_stride_height),
-            t.tile_sample_min_width
-                .saturating_sub(t.tile_sample_stride_width),
-        );
-        let stride = (t.tile_sample_stride_height, t.tile_sample_stride_width);
-        stitch(rows, blend, stride, (height * s, width * s))
-    }
-
     /// `(latents_mean, latents_std)` as `(1, Z, 1, 1, 1)` tensors in `like`'s dtype and device
     /// (the pipeline casts the buffers to the latents' dtype too).
     fn latent_stats(&self, like: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -652,49 +453,4 @@ impl AutoencoderKlLtxVideo {
         let keep = s.affine(-1.0, 1.0)?; // 1 - s
         latents.broadcast_mul(&keep)? + noise.broadcast_mul(&s)?
     }
-}
-
-/// Runs `f(i, j)` for tile origins `i` in `0..height` step `stride_h`, `j` likewise; row-major.
-fn tile_grid(
-    height: usize,
-    width: usize,
-    stride_h: usize,
-    stride_w: usize,
-    mut f: impl FnMut(usize, usize) -> Result<Tensor>,
-) -> Result<Vec<Vec<Tensor>>> {
-    if stride_h == 0 || stride_w == 0 {
-        candle_core::bail!("tile strides must be at least one latent pixel")
-    }
-    (0..height)
-        .step_by(stride_h)
-        .map(|i| (0..width).step_by(stride_w).map(|j| f(i, j)).collect())
-        .collect()
-}
-
-/// Blends each window `(B, T_i, H, W, C)` over `blend` frames with the blended window before,
-/// keeps the first `first_keep` frames of the first window and `keep` of the others, and crops
-/// the concatenation to `total` frames.
-fn stitch_time(
-    mut windows: Vec<Tensor>,
-    blend: usize,
-    first_keep: usize,
-    keep: usize,
-    total: usize,
-) -> Result<Tensor> {
-    let mut pieces = Vec::with_capacity(windows.len());
-    for i in 0..windows.len() {
-        let mut tile = windows[i].clone();
-        let n = if i > 0 {
-            tile = blend_into(&windows[i - 1], &tile, blend, 1)?;
-            // the reference blends in place: the next window sees this one blended
-            windows[i] = tile.clone();
-            keep
-        } else {
-            first_keep
-        };
-        pieces.push(tile.narrow(1, 0, n.min(tile.dim(1)?))?);
-    }
-    let all = Tensor::cat(&pieces, 1)?;
-    let t = all.dim(1)?.min(total);
-    all.narrow(1, 0, t)?.contiguous()
 }

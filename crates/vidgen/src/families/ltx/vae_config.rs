@@ -361,6 +361,31 @@ mod tests {
     }
 
     #[test]
+    fn ltx_0_9_5_layout_is_supported() {
+        // the layout of the published 0.9.5 VAE: four 0.9.5 blocks, compression overridden
+        let cfg: AutoencoderKlLtxVideoConfig = serde_json::from_str(
+            r#"{"block_out_channels": [128, 256, 512, 1024, 2048],
+                "down_block_types": ["LTXVideo095DownBlock3D", "LTXVideo095DownBlock3D",
+                                     "LTXVideo095DownBlock3D", "LTXVideo095DownBlock3D"],
+                "downsample_type": ["spatial", "temporal", "spatiotemporal", "spatiotemporal"],
+                "layers_per_block": [4, 6, 6, 2, 2], "spatio_temporal_scaling": [true, true, true, true],
+                "decoder_block_out_channels": [256, 512, 1024], "decoder_layers_per_block": [5, 5, 5, 5],
+                "decoder_spatio_temporal_scaling": [true, true, true],
+                "decoder_inject_noise": [false, false, false, false],
+                "upsample_factor": [2, 2, 2], "upsample_residual": [true, true, true],
+                "timestep_conditioning": true, "spatial_compression_ratio": 32,
+                "temporal_compression_ratio": 8}"#,
+        )
+        .unwrap();
+        cfg.check().expect("0.9.5 is supported");
+        assert_eq!(cfg.num_down_blocks(), 4);
+        assert_eq!(
+            (cfg.spatial_compression(), cfg.temporal_compression()),
+            (32, 8)
+        );
+    }
+
+    #[test]
     fn ltx_0_9_1_decoder_channels() {
         let cfg: AutoencoderKlLtxVideoConfig = serde_json::from_str(
             r#"{"decoder_block_out_channels": [256, 512, 1024], "decoder_layers_per_block": [5, 6, 7, 8],
