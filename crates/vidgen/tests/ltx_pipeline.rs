@@ -227,3 +227,20 @@ fn decode_noise_is_seeded_and_off_at_scale_zero() {
     assert!(max_abs_diff(&noisy, &clean) > 1e-3);
     assert!(max_abs_diff(&noisy, &decode(2, 0.5)) > 0.0);
 }
+
+#[test]
+fn bf16_stays_close_to_the_f32_reference() {
+    let refs = family_reference("ltx");
+    let mut pipe = LtxPipeline::load(
+        &family_fixture_dir("ltx").join("pipeline"),
+        LoadOptions {
+            dtype: candle_core::DType::BF16,
+            ..LoadOptions::default()
+        },
+    )
+    .unwrap();
+    let out = pipe.generate(&fixture_request(), &mut |_| {}).unwrap();
+    let err = max_abs_diff(&out.frames, &refs["pipeline.frames"]);
+    println!("LTX bf16 frames max abs error {err:e}");
+    assert!(err <= 0.1, "bf16 frames max abs error {err}");
+}

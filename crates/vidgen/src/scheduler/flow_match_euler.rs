@@ -405,6 +405,19 @@ mod tests {
     }
 
     #[test]
+    fn caller_sigmas_replace_the_even_spacing_then_are_shifted() {
+        let mut s = scheduler(serde_json::json!({"shift": 1.0})).unwrap();
+        s.set_sigmas(&[1.0, 0.5, 0.25]).unwrap();
+        assert_eq!(s.sigmas(), &[1.0, 0.5, 0.25, 0.0]);
+        assert_eq!(s.timesteps(), &[1000.0, 500.0, 250.0]);
+        // shift 3: 3s / (1 + 2s)
+        let mut s = scheduler(serde_json::json!({"shift": 3.0})).unwrap();
+        s.set_sigmas(&[1.0, 0.5]).unwrap();
+        assert_eq!(s.sigmas()[1], 0.75);
+        assert!(matches!(s.set_sigmas(&[]), Err(Error::InvalidRequest(_))));
+    }
+
+    #[test]
     fn calculate_shift_interpolates_between_base_and_max() {
         let config = FlowMatchEulerDiscreteConfig::default();
         assert!((config.calculate_shift(256).unwrap() - 0.5).abs() < 1e-12);
