@@ -29,13 +29,13 @@ pub struct GenerateArgs {
     /// Model folder (diffusers layout, or a Hugging Face cache folder). Default: the built-in model.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Number of frames, of the form 4k+1 for Wan. Default: the model's.
+    /// Number of frames, of the form 4k+1 for Wan, 8k+1 for LTX-Video. Default: the model's.
     #[arg(long)]
     pub frames: Option<usize>,
-    /// Height in pixels, a multiple of 16 for Wan. Default: the model's.
+    /// Height in pixels, a multiple of 16 for Wan, 32 for LTX-Video. Default: the model's.
     #[arg(long)]
     pub height: Option<usize>,
-    /// Width in pixels, a multiple of 16 for Wan. Default: the model's.
+    /// Width in pixels, a multiple of 16 for Wan, 32 for LTX-Video. Default: the model's.
     #[arg(long)]
     pub width: Option<usize>,
     /// Frames per second of the output (and the frame rate frame-rate-conditioned models get).
@@ -53,15 +53,16 @@ pub struct GenerateArgs {
     /// Text tokens the prompt is padded/truncated to. Default: the pipeline's (Wan: 512).
     #[arg(long)]
     pub max_sequence_length: Option<usize>,
-    /// Timestep for timestep-conditioned VAE decoders (LTX).
+    /// Timestep for timestep-conditioned VAE decoders (LTX; default 0).
     #[arg(long)]
     pub decode_timestep: Option<f64>,
-    /// Noise scale for timestep-conditioned VAE decoders (LTX).
+    /// Noise scale for timestep-conditioned VAE decoders (LTX; default: the decode timestep).
     #[arg(long)]
     pub decode_noise_scale: Option<f64>,
     /// safetensors file whose tensor `latents` is the initial noise, laid out as the diffusers
     /// pipeline takes `latents=` (Wan: (B, C, T, H, W); CogVideoX: (B, T, C, H, W), frames
-    /// before channels).
+    /// before channels; LTX-Video: packed (B, T·H·W, C), token index (t·H + h)·W + w, with
+    /// --frames/--height/--width giving the grid).
     #[arg(long)]
     pub latents: Option<PathBuf>,
     /// Output file: .mp4, .gif, or .png (then a folder of numbered frames is written next to it).

@@ -72,6 +72,9 @@ pub fn describe(path: &Path) -> Result<ModelInfo> {
     if pipeline == crate::families::cogvideox::pipeline::CLASS_NAME {
         return describe_cogvideox(dir, pipeline);
     }
+    if pipeline == "LTXPipeline" {
+        return describe_ltx(dir, pipeline);
+    }
     if pipeline != "WanPipeline" {
         return Err(Error::Unsupported {
             what: "pipeline",
@@ -114,6 +117,61 @@ pub fn describe(path: &Path) -> Result<ModelInfo> {
             &dir.join("text_encoder"),
             format!(
                 "UMT5 encoder: {} layers, width {}, {} heads, vocabulary {}",
+                e.num_layers, e.d_model, e.num_heads, e.vocab_size
+            ),
+        )?,
+        tokenizer_vocab: tokenizer.vocab_size(),
+        scheduler,
+        defaults,
+        path: dir,
+    })
+}
+
+/// [`describe`] for an `LTXPipeline` folder.
+fn describe_ltx(dir: PathBuf, pipeline: String) -> Result<ModelInfo> {
+    use crate::families::ltx::config::LtxVideoTransformer3DConfig;
+    use crate::families::ltx::vae::AutoencoderKlLtxVideoConfig;
+    let t: LtxVideoTransformer3DConfig = read_json(&dir.join("transformer/config.json"))?;
+    let v = AutoencoderKlLtxVideoConfig::from_file(dir.join("vae/config.json"))?;
+    let e = crate::text::T5Config::from_file(dir.join("text_encoder/config.json"))?;
+    let tokenizer = PromptTokenizer::from_file(dir.join("tokenizer/tokenizer.json"))?;
+    let scheduler = class_name(&dir.join("scheduler/scheduler_config.json"))?;
+    let defaults = ModelDefaults::load(&dir, crate::families::ltx::pipeline::ltx_defaults())?;
+    Ok(ModelInfo {
+        pipeline,
+        family: "ltx".into(),
+        tasks: vec!["text-to-video".into()],
+        transformer: component(
+            &dir.join("transformer"),
+            format!(
+                "{} layers, {} heads × {} = width {}, patch {}x{}, caption width {}",
+                t.num_layers,
+                t.num_attention_heads,
+                t.attention_head_dim,
+                t.inner_dim(),
+                t.patch_size_t,
+                t.patch_size,
+                t.caption_channels
+            ),
+        )?,
+        vae: component(
+            &dir.join("vae"),
+            format!(
+                "{} latent channels, compression {}× in time and {}× in space, decoder {}",
+                v.latent_channels,
+                v.temporal_compression(),
+                v.spatial_compression(),
+                if v.timestep_conditioning {
+                    "timestep-conditioned"
+                } else {
+                    "unconditioned"
+                }
+            ),
+        )?,
+        text_encoder: component(
+            &dir.join("text_encoder"),
+            format!(
+                "T5 encoder: {} layers, width {}, {} heads, vocabulary {}",
                 e.num_layers, e.d_model, e.num_heads, e.vocab_size
             ),
         )?,

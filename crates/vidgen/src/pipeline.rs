@@ -14,7 +14,7 @@ use crate::checkpoint::{class_name, read_json, resolve_model_dir, Weights};
 use crate::{Error, Result};
 
 /// Pipeline classes vidgen runs (`model_index.json`'s `_class_name`).
-pub const SUPPORTED_PIPELINES: &[&str] = &["WanPipeline", "CogVideoXPipeline"];
+pub const SUPPORTED_PIPELINES: &[&str] = &["WanPipeline", "LTXPipeline", "CogVideoXPipeline"];
 
 /// Where and how to run the model.
 #[derive(Debug, Clone)]
@@ -191,6 +191,9 @@ pub fn load(path: &Path, opts: LoadOptions) -> Result<Box<dyn VideoPipeline>> {
     let class = class_name(&dir.join("model_index.json"))?;
     match class.as_str() {
         "WanPipeline" => Ok(Box::new(crate::families::wan::pipeline::WanPipeline::load(
+            &dir, opts,
+        )?)),
+        "LTXPipeline" => Ok(Box::new(crate::families::ltx::pipeline::LtxPipeline::load(
             &dir, opts,
         )?)),
         "CogVideoXPipeline" => Ok(Box::new(

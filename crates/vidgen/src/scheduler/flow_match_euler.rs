@@ -176,7 +176,13 @@ impl FlowMatchEulerDiscreteScheduler {
             self.sigma_min * train_steps,
             num_inference_steps,
         );
-        let mut sigmas: Vec<f64> = timesteps.iter().map(|t| t / train_steps).collect();
+        self.shape_sigmas(timesteps.iter().map(|t| t / train_steps).collect())
+    }
+
+    /// Steps 2–4 of the reference's `set_timesteps` on unshifted `sigmas`: shift, stretch to
+    /// the terminal sigma, respace.
+    fn shape_sigmas(&self, mut sigmas: Vec<f64>) -> Result<Vec<f64>> {
+        let num_inference_steps = sigmas.len();
         // 2. shift: by mu (resolution-dependent) or by the static shift
         if self.config.use_dynamic_shifting {
             let mu = self.mu.ok_or_else(|| {
@@ -215,6 +221,39 @@ impl FlowMatchEulerDiscreteScheduler {
         }
         Ok(sigmas)
     }
+
+    /// Casts the shaped sigmas to f32 as the reference does, derives the timesteps
+    /// (`sigma · N` in f32) and appends the final sigma.
+    fn finish_schedule(&mut self, sigmas: Vec<f64>) {
+        let mut sigmas: Vec<f32> = sigmas.into_iter().map(|s| s as f32).collect();
+        let train_steps = self.config.num_train_timesteps as f32;
+        let final_sigma = if self.config.invert_sigmas {
+            sigmas.iter_mut().for_each(|s| *s = 1.0 - *s);
+            1.0
+        } else {
+            0.0
+        };
+        self.timesteps = sigmas.iter().map(|&s| (s * train_steps) as f64).collect();
+        sigmas.push(final_sigma);
+        self.sigmas = sigmas.into_iter().map(f64::from).collect();
+        self.step_index = None;
+    }
+
+    /// The reference's `set_timesteps(sigmas=…)`: the schedule starts from the caller's
+    /// unshifted `sigmas` (one per step, rounded to f32 as the reference does) instead of the
+    /// even spacing of the training schedule, then is shifted, stretched and respaced as in
+    /// [`Scheduler::set_timesteps`]. `LTXPipeline` passes `linspace(1, 1/n, n)`.
+    pub fn set_sigmas(&mut self, sigmas: &[f64]) -> Result<()> {
+        if sigmas.is_empty() {
+            return Err(Error::InvalidRequest(
+                "the number of inference steps must be at least 1".into(),
+            ));
+        }
+        let base = sigmas.iter().map(|&s| s as f32 as f64).collect();
+        let sigmas = self.shape_sigmas(base)?;
+        self.finish_schedule(sigmas);
+        Ok(())
+    }
 }
 
 impl Scheduler for FlowMatchEulerDiscreteScheduler {
@@ -228,23 +267,8 @@ impl Scheduler for FlowMatchEulerDiscreteScheduler {
                 "the number of inference steps must be at least 1".into(),
             ));
         }
-        // From here on the reference works in f32: sigmas are cast, timesteps = sigma · N in f32.
-        let mut sigmas: Vec<f32> = self
-            .inference_sigmas(num_inference_steps)?
-            .into_iter()
-            .map(|s| s as f32)
-            .collect();
-        let train_steps = self.config.num_train_timesteps as f32;
-        let final_sigma = if self.config.invert_sigmas {
-            sigmas.iter_mut().for_each(|s| *s = 1.0 - *s);
-            1.0
-        } else {
-            0.0
-        };
-        self.timesteps = sigmas.iter().map(|&s| (s * train_steps) as f64).collect();
-        sigmas.push(final_sigma);
-        self.sigmas = sigmas.into_iter().map(f64::from).collect();
-        self.step_index = None;
+        let sigmas = self.inference_sigmas(num_inference_steps)?;
+        self.finish_schedule(sigmas);
         Ok(())
     }
 
@@ -378,6 +402,19 @@ mod tests {
         }
         assert!(s.step(&velocity, 0.0, &sample).is_err());
         Ok(())
+    }
+
+    #[test]
+    fn caller_sigmas_replace_the_even_spacing_then_are_shifted() {
+        let mut s = scheduler(serde_json::json!({"shift": 1.0})).unwrap();
+        s.set_sigmas(&[1.0, 0.5, 0.25]).unwrap();
+        assert_eq!(s.sigmas(), &[1.0, 0.5, 0.25, 0.0]);
+        assert_eq!(s.timesteps(), &[1000.0, 500.0, 250.0]);
+        // shift 3: 3s / (1 + 2s)
+        let mut s = scheduler(serde_json::json!({"shift": 3.0})).unwrap();
+        s.set_sigmas(&[1.0, 0.5]).unwrap();
+        assert_eq!(s.sigmas()[1], 0.75);
+        assert!(matches!(s.set_sigmas(&[]), Err(Error::InvalidRequest(_))));
     }
 
     #[test]

@@ -221,7 +221,7 @@ fn stretch_to_terminal(sigmas: &mut [f64], terminal: f64) {
 }
 
 /// `numpy.linspace(start, stop, num)` bit for bit: `start + i · step`, the last value `stop`.
-fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
+pub(crate) fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
     if num == 1 {
         return vec![start];
     }

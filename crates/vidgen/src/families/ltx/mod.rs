@@ -2,6 +2,7 @@
 //! frame-rate-scaled RoPE, T5 text conditioning and a timestep-conditioned causal VAE.
 
 pub mod config;
+pub mod pipeline;
 pub mod rope;
 pub mod transformer;
 pub mod vae;
