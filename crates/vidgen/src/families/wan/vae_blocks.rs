@@ -58,8 +58,8 @@ impl FeatCache {
     }
 }
 
-/// `WanRMS_norm`: `F.normalize` over channels times `sqrt(C)` and `gamma` (no bias in this VAE),
-/// computed in f32 as the reference does for half-precision inputs.
+/// `WanRMS_norm`: `F.normalize` over channels times `sqrt(C)` and `gamma` (no bias in this VAE).
+/// Half-precision inputs are normalised in f32 as in the reference (the gain too, here).
 #[derive(Clone, Debug)]
 pub(crate) struct RmsNorm {
     /// `(C,)`, f32.
