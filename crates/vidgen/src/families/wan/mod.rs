@@ -4,5 +4,6 @@ pub mod config;
 pub mod transformer;
 pub mod vae;
 mod vae_blocks;
+mod vae_ops;
 mod vae_resample;
 mod vae_tiling;
