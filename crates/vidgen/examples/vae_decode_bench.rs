@@ -41,7 +41,7 @@ fn best_of(n: usize, mut f: impl FnMut() -> Result<Tensor>) -> Result<f64> {
 fn bench_convs() -> Result<()> {
     let dev = Device::Cpu;
     println!(
-        "shape                      | conv2d/tap | conv2d(3C) | im2col+mm  | matmul only | GFLOP"
+        "ms per chunk          | conv2d/tap | conv2d(3C) | im2col+mm  | matmul only | GFLOP | GFLOP/s"
     );
     for &(c, h, t_out) in &[
         (384, 32, 1),

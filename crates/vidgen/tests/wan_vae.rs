@@ -178,3 +178,19 @@ fn tiled_decode_and_encode_match_diffusers() {
     vae.set_tiling(None);
     assert!(max_abs_diff(&vae.decode(&r["decode.input"]).unwrap(), &out) > 1e-3);
 }
+
+#[test]
+fn batch_elements_are_decoded_independently() {
+    let vae = load_vae(fixtures().join("wan/pipeline/vae"), DType::F32);
+    let r = reference(fixtures().join("wan/reference.safetensors"));
+    let z = &r["vae.decode.input"];
+    let pair = Tensor::cat(&[z, &(z * 0.5).unwrap()], 0).unwrap();
+    let out = vae.decode(&pair).unwrap();
+    let d = max_abs_diff(&out.narrow(0, 0, 1).unwrap(), &r["vae.decode.output"]);
+    assert!(
+        d <= 1e-4,
+        "batch element 0 differs from the single decode by {d}"
+    );
+    let half = vae.decode(&(z * 0.5).unwrap()).unwrap();
+    assert!(max_abs_diff(&out.narrow(0, 1, 1).unwrap(), &half) <= 1e-5);
+}

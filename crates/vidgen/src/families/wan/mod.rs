@@ -7,5 +7,6 @@ pub mod presets;
 pub mod transformer;
 pub mod vae;
 mod vae_blocks;
+mod vae_ops;
 mod vae_resample;
 pub(crate) mod vae_tiling;

@@ -8,6 +8,7 @@
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::vae_ops::{add_inplace, silu_inplace};
 use super::vae_resample::{Resample, ResampleMode};
 use crate::nn::conv3d::{next_cache, CausalConv3d};
 
@@ -58,8 +59,8 @@ impl FeatCache {
     }
 }
 
-/// `WanRMS_norm`: `F.normalize` over channels times `sqrt(C)` and `gamma` (no bias in this VAE),
-/// computed in f32 as the reference does for half-precision inputs.
+/// `WanRMS_norm`: `F.normalize` over channels times `sqrt(C)` and `gamma` (no bias in this VAE).
+/// Half-precision inputs are normalised in f32 as in the reference (the gain too, here).
 #[derive(Clone, Debug)]
 pub(crate) struct RmsNorm {
     /// `(C,)`, f32.
@@ -131,12 +132,13 @@ impl ResidualBlock {
             Some(conv) => conv.forward_cl(x, None)?,
             None => x.clone(),
         };
-        let h = self.norm1.forward(x)?.silu()?;
+        // norm and conv outputs are fresh tensors: SiLU and the residual add may reuse them
+        let h = silu_inplace(self.norm1.forward(x)?)?;
         let h = cache.conv(&self.conv1, &h)?;
         // dropout is the identity at inference
-        let h = self.norm2.forward(&h)?.silu()?;
+        let h = silu_inplace(self.norm2.forward(&h)?)?;
         let h = cache.conv(&self.conv2, &h)?;
-        h + shortcut
+        add_inplace(h, &shortcut)
     }
 }
 
@@ -320,7 +322,7 @@ impl Encoder3d {
             };
         }
         let x = self.mid_block.forward(&x, cache)?;
-        let x = self.norm_out.forward(&x)?.silu()?;
+        let x = silu_inplace(self.norm_out.forward(&x)?)?;
         cache.conv(&self.conv_out, &x)
     }
 }
@@ -402,7 +404,7 @@ impl Decoder3d {
                 x = up.forward(&x, cache)?;
             }
         }
-        let x = self.norm_out.forward(&x)?.silu()?;
+        let x = silu_inplace(self.norm_out.forward(&x)?)?;
         cache.conv(&self.conv_out, &x)
     }
 }
