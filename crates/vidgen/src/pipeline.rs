@@ -234,6 +234,36 @@ pub(crate) fn build_component<T>(
     Ok(model)
 }
 
+/// The text encoder's dtype: the requested one, except that an encoder stored in bf16 stays
+/// bf16 when f32 is requested. It runs once per prompt, and the big ones (UMT5-XXL 5.7B, T5-XXL
+/// 4.7B parameters) would need 19–23 GB as f32 — more than the transformer and the VAE
+/// together. Their norms and residual streams still run in f32.
+pub(crate) fn text_encoder_dtype(model_dir: &Path, requested: DType) -> Result<DType> {
+    if requested != DType::F32 {
+        return Ok(requested);
+    }
+    let dir = model_dir.join("text_encoder");
+    let stored = Weights::open(&dir, DType::F32, &Device::Cpu)?.stored_dtype();
+    Ok(if stored == Some(DType::BF16) {
+        tracing::info!("{}: stored in bf16, kept in bf16", dir.display());
+        DType::BF16
+    } else {
+        DType::F32
+    })
+}
+
+/// A decoded video `(1, 3, F, H, W)` in about [-1, 1] → frames `(F, H, W, 3)` f32 in [0, 1]
+/// (diffusers' `postprocess_video`: `x / 2 + 0.5`, clamped). A NaN or infinity is an error.
+pub(crate) fn video_to_frames(video: &Tensor) -> Result<Tensor> {
+    let frames = ((video.to_dtype(DType::F32)? * 0.5)? + 0.5)?
+        .clamp(0f32, 1f32)?
+        .squeeze(0)?
+        .permute((1, 2, 3, 0))?
+        .contiguous()?; // c f h w -> f h w c
+    check_finite(&frames, "decoded frames")?;
+    Ok(frames)
+}
+
 /// Reads `DIR/component/config.json`, checking its `_class_name`.
 pub(crate) fn read_config<T: serde::de::DeserializeOwned>(
     dir: &Path,

@@ -21,16 +21,17 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::CogVideoXTransformerConfig;
 use super::transformer::CogVideoXTransformer3D;
 use super::vae::{AutoencoderKlCogVideoX, AutoencoderKlCogVideoXConfig};
-use crate::checkpoint::{class_name, read_json, resolve_model_dir, Weights};
+use crate::checkpoint::{class_name, read_json, resolve_model_dir};
 use crate::pipeline::{
-    build_component, check_finite, read_config, GenerateRequest, Generated, LoadOptions,
-    ModelDefaults, Progress, Settings, Stage, Timings, VideoPipeline,
+    build_component, check_finite, read_config, text_encoder_dtype, video_to_frames,
+    GenerateRequest, Generated, LoadOptions, ModelDefaults, Progress, Settings, Stage, Timings,
+    VideoPipeline,
 };
 use crate::scheduler::{self, CogVideoXDPMScheduler, CogVideoXSchedulerConfig, Scheduler};
 use crate::text::{encode_prompts_unmasked, PromptTokenizer, T5Config, T5EncoderModel};
@@ -432,7 +433,7 @@ impl CogVideoXPipeline {
             Some(model) => model,
             None => {
                 let cfg = self.text_cfg.clone();
-                let dtype = self.text_encoder_dtype()?;
+                let dtype = text_encoder_dtype(&self.dir, self.opts.dtype)?;
                 self.build_as("text_encoder", dtype, |vb| T5EncoderModel::new(&cfg, vb))?
             }
         };
@@ -469,13 +470,7 @@ impl CogVideoXPipeline {
         if self.opts.keep_loaded {
             self.vae = Some(vae);
         }
-        let frames = ((video.to_dtype(DType::F32)? * 0.5)? + 0.5)?
-            .clamp(0f32, 1f32)?
-            .squeeze(0)?
-            .permute((1, 2, 3, 0))?
-            .contiguous()?; // c f h w -> f h w c
-        check_finite(&frames, "decoded frames")?;
-        Ok(frames)
+        video_to_frames(&video)
     }
 
     fn transformer(&mut self) -> Result<&CogVideoXTransformer3D> {
@@ -485,22 +480,6 @@ impl CogVideoXPipeline {
                 Some(self.build("transformer", |vb| CogVideoXTransformer3D::new(&cfg, vb))?);
         }
         Ok(self.transformer.as_ref().expect("just built"))
-    }
-
-    /// The requested dtype, except that a T5 stored in bf16 stays bf16 when f32 is requested
-    /// (T5-XXL would take 19 GB as f32 and runs once per prompt).
-    fn text_encoder_dtype(&self) -> Result<DType> {
-        if self.opts.dtype != DType::F32 {
-            return Ok(self.opts.dtype);
-        }
-        let dir = self.dir.join("text_encoder");
-        let stored = Weights::open(&dir, DType::F32, &Device::Cpu)?.stored_dtype();
-        Ok(if stored == Some(DType::BF16) {
-            tracing::info!("{}: stored in bf16, kept in bf16", dir.display());
-            DType::BF16
-        } else {
-            DType::F32
-        })
     }
 
     fn build<T>(

@@ -13,17 +13,18 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::LtxVideoTransformer3DConfig;
 use super::rope::rope_interpolation_scale;
 use super::transformer::{LtxTransformerInputs, LtxVideoTransformer3D};
 use super::vae::{AutoencoderKlLtxVideo, AutoencoderKlLtxVideoConfig};
-use crate::checkpoint::{class_name, resolve_model_dir, Weights};
+use crate::checkpoint::{class_name, resolve_model_dir};
 use crate::pipeline::{
-    build_component, check_finite, read_config, GenerateRequest, Generated, LoadOptions,
-    ModelDefaults, Progress, Settings, Stage, Timings, VideoPipeline,
+    build_component, check_finite, read_config, text_encoder_dtype, video_to_frames,
+    GenerateRequest, Generated, LoadOptions, ModelDefaults, Progress, Settings, Stage, Timings,
+    VideoPipeline,
 };
 use crate::scheduler::flow_match_euler::{
     FlowMatchEulerDiscreteConfig, FlowMatchEulerDiscreteScheduler,
@@ -301,7 +302,7 @@ impl LtxPipeline {
             Some(model) => model,
             None => {
                 let cfg = self.text_cfg.clone();
-                let dtype = self.text_encoder_dtype()?;
+                let dtype = text_encoder_dtype(&self.dir, self.opts.dtype)?;
                 build_component(&self.dir, "text_encoder", dtype, &self.opts.device, |vb| {
                     T5EncoderModel::new(&cfg, vb)
                 })?
@@ -440,13 +441,7 @@ impl LtxPipeline {
         if self.opts.keep_loaded {
             self.vae = Some(vae);
         }
-        let frames = ((video.to_dtype(DType::F32)? * 0.5)? + 0.5)?
-            .clamp(0f32, 1f32)?
-            .squeeze(0)?
-            .permute((1, 2, 3, 0))?
-            .contiguous()?; // c f h w -> f h w c
-        check_finite(&frames, "decoded frames")?;
-        Ok(frames)
+        video_to_frames(&video)
     }
 
     /// Runs the whole pipeline, reporting progress after every step and after decoding.
@@ -486,22 +481,6 @@ impl LtxPipeline {
                 Some(self.build("transformer", |vb| LtxVideoTransformer3D::new(&cfg, vb))?);
         }
         Ok(self.transformer.as_ref().expect("just built"))
-    }
-
-    /// The text encoder's dtype: the requested one, except that an encoder stored in bf16 stays
-    /// bf16 under f32 (T5-XXL, 4.7B parameters, would need 19 GB as f32 for one call).
-    fn text_encoder_dtype(&self) -> Result<DType> {
-        if self.opts.dtype != DType::F32 {
-            return Ok(self.opts.dtype);
-        }
-        let dir = self.dir.join("text_encoder");
-        let stored = Weights::open(&dir, DType::F32, &Device::Cpu)?.stored_dtype();
-        Ok(if stored == Some(DType::BF16) {
-            tracing::info!("{}: stored in bf16, kept in bf16", dir.display());
-            DType::BF16
-        } else {
-            DType::F32
-        })
     }
 
     fn build<T>(

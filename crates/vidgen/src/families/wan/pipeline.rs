@@ -7,16 +7,17 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{WanPipelineIndex, WanTransformerConfig};
 use super::transformer::WanTransformer3D;
 use super::vae::{AutoencoderKlWan, AutoencoderKlWanConfig};
-use crate::checkpoint::{read_json, resolve_model_dir, Weights};
+use crate::checkpoint::{read_json, resolve_model_dir};
 use crate::pipeline::{
-    build_component, check_finite, read_config, GenerateRequest, Generated, LoadOptions,
-    ModelDefaults, Progress, Settings, Stage, Timings, VideoPipeline,
+    build_component, check_finite, read_config, text_encoder_dtype, video_to_frames,
+    GenerateRequest, Generated, LoadOptions, ModelDefaults, Progress, Settings, Stage, Timings,
+    VideoPipeline,
 };
 use crate::scheduler;
 use crate::text::{encode_prompts, PromptTokenizer, Umt5Config, Umt5EncoderModel};
@@ -354,7 +355,7 @@ impl WanPipeline {
             Some(model) => model,
             None => {
                 let cfg = self.text_cfg.clone();
-                let dtype = self.text_encoder_dtype()?;
+                let dtype = text_encoder_dtype(&self.dir, self.opts.dtype)?;
                 self.build_as("text_encoder", dtype, |vb| Umt5EncoderModel::new(&cfg, vb))?
             }
         };
@@ -390,13 +391,7 @@ impl WanPipeline {
         if self.opts.keep_loaded {
             self.vae = Some(vae);
         }
-        let frames = ((video.to_dtype(DType::F32)? * 0.5)? + 0.5)?
-            .clamp(0f32, 1f32)?
-            .squeeze(0)?
-            .permute((1, 2, 3, 0))?
-            .contiguous()?; // c f h w -> f h w c
-        check_finite(&frames, "decoded frames")?;
-        Ok(frames)
+        video_to_frames(&video)
     }
 
     fn transformer(&mut self) -> Result<&WanTransformer3D> {
@@ -406,24 +401,6 @@ impl WanPipeline {
                 Some(self.build("transformer", |vb| WanTransformer3D::new(&cfg, vb))?);
         }
         Ok(self.transformer.as_ref().expect("just built"))
-    }
-
-    /// The text encoder's dtype: the requested one, except that a text encoder stored in bf16
-    /// stays bf16 when f32 is requested. The encoder runs once per prompt, and UMT5-XXL
-    /// (5.7B parameters) would need 23 GB as f32 — more than the transformer and the VAE
-    /// together. Its norms and residual stream still run in f32.
-    fn text_encoder_dtype(&self) -> Result<DType> {
-        if self.opts.dtype != DType::F32 {
-            return Ok(self.opts.dtype);
-        }
-        let dir = self.dir.join("text_encoder");
-        let stored = Weights::open(&dir, DType::F32, &Device::Cpu)?.stored_dtype();
-        Ok(if stored == Some(DType::BF16) {
-            tracing::info!("{}: stored in bf16, kept in bf16", dir.display());
-            DType::BF16
-        } else {
-            DType::F32
-        })
     }
 
     /// Builds one component from its folder's weights in the pipeline's dtype.
