@@ -554,7 +554,7 @@ mod tests {
 
     #[test]
     fn pack_then_unpack_is_identity_with_token_order_t_h_w() -> candle_core::Result<()> {
-        let x = Tensor::arange(0f32, 36.0, &Device::Cpu)?.reshape((1, 2, 3, 2, 3))?; // (B, C, T, H, W)
+        let x = Tensor::arange(0f32, 36.0, &candle_core::Device::Cpu)?.reshape((1, 2, 3, 2, 3))?; // (B, C, T, H, W)
         let packed = pack_latents(&x)?;
         assert_eq!(packed.dims(), [1, 18, 2]);
         // token (t=1, h=0, w=2) = index (1·2 + 0)·3 + 2 = 8; channel 1
