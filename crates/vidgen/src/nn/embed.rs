@@ -1,6 +1,6 @@
 //! Sinusoidal timestep embedding.
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{Result, Tensor};
 
 /// Sinusoidal embedding of diffusion timesteps, as diffusers' `get_timestep_embedding` with
 /// `flip_sin_to_cos=true` (cosines first) and `downscale_freq_shift=0`, `max_period=10000`.
@@ -30,18 +30,14 @@ pub fn timestep_embedding(timesteps: &Tensor, dim: usize) -> Result<Tensor> {
     Ok(emb)
 }
 
-/// Convenience: the embedding of one timestep value repeated for a batch of `batch`.
-pub fn timesteps_tensor(t: f64, batch: usize, device: &Device) -> Result<Tensor> {
-    Tensor::from_vec(vec![t as f32; batch], batch, device)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     #[test]
     fn zero_timestep_gives_cos_one_sin_zero() -> Result<()> {
-        let t = timesteps_tensor(0.0, 2, &Device::Cpu)?;
+        let t = Tensor::full(0f32, 2, &Device::Cpu)?;
         let e = timestep_embedding(&t, 6)?.to_vec2::<f32>()?;
         assert_eq!(e[0], vec![1., 1., 1., 0., 0., 0.]);
         Ok(())
@@ -49,7 +45,7 @@ mod tests {
 
     #[test]
     fn first_frequency_is_one() -> Result<()> {
-        let t = timesteps_tensor(2.0, 1, &Device::Cpu)?;
+        let t = Tensor::full(2f32, 1, &Device::Cpu)?;
         let e = timestep_embedding(&t, 8)?.to_vec2::<f32>()?;
         assert!((e[0][0] - 2f32.cos()).abs() < 1e-6);
         assert!((e[0][4] - 2f32.sin()).abs() < 1e-6);
