@@ -3,15 +3,17 @@
 //! Modules are listed in the order data flows through them:
 //!
 //! ```text
-//! prompt ──text::tokenizer──► text::umt5 ──► text states (B, L, D_txt)
-//!                                                   │ cross-attention
-//! seed ──noise──► latents (B, C, T, H, W)           ▼
-//!        └──► pipeline: denoise loop ── families::wan::transformer (DiT over spacetime patches)
+//! prompt ──text::tokenizer──► text::t5 (T5 / UMT5) ──► text states (B, L, D_txt)
+//!                                                         │ cross- or joint attention
+//! seed ──noise──► latents (B, C, T, H, W)                 ▼
+//!        └──► pipeline: denoise loop ── families::*::transformer (DiT over spacetime patches)
 //!                       + classifier-free guidance, stepped by a `scheduler`
-//!        latents ──► families::wan::vae (3D causal VAE decoder) ──► frames (F, H, W, 3)
+//!        latents ──► families::*::vae (3D causal VAE decoder) ──► frames (F, H, W, 3)
 //! ```
 //!
-//! `checkpoint` reads diffusers-layout model folders; `nn` holds the shared building blocks.
+//! `checkpoint` reads diffusers-layout model folders; `nn` holds the shared building blocks;
+//! `families` has one folder per model family (`wan` — also vidgen's own models — `ltx`,
+//! `cogvideox`), each with its pipeline; `pipeline::load` opens a folder as the right one.
 
 pub mod error;
 
