@@ -287,16 +287,7 @@ impl AutoencoderKlCogVideoX {
             }
             _ => self.encode_tile(video)?,
         };
-        // b t h w (2 z) -> b (2 z) t h w
-        let moments = moments.permute((0, 4, 1, 2, 3))?;
-        let z = self.config.latent_channels;
-        Ok(DiagonalGaussian {
-            mean: moments.narrow(1, 0, z)?.contiguous()?,
-            logvar: moments
-                .narrow(1, z, z)?
-                .clamp(-30f32, 20f32)?
-                .contiguous()?,
-        })
+        DiagonalGaussian::from_moments(&moments, self.config.latent_channels)
     }
 
     /// Decodes latents `z` `(B, Z, T, h, w)` (already divided by the scaling factor, see

@@ -215,6 +215,20 @@ impl DiagonalGaussian {
     pub fn sample(&self, noise: &Tensor) -> Result<Tensor> {
         &self.mean + (self.std()? * noise)?
     }
+
+    /// Splits channels-last encoder moments `(B, T, h, w, 2Z)` — mean then log-variance — into
+    /// `(B, Z, T, h, w)` halves, the log-variance clamped to [-30, 20] as the reference does.
+    pub fn from_moments(moments: &Tensor, z: usize) -> Result<Self> {
+        // b t h w (2 z) -> b (2 z) t h w
+        let moments = moments.permute((0, 4, 1, 2, 3))?;
+        Ok(Self {
+            mean: moments.narrow(1, 0, z)?.contiguous()?,
+            logvar: moments
+                .narrow(1, z, z)?
+                .clamp(-30f32, 20f32)?
+                .contiguous()?,
+        })
+    }
 }
 
 /// Wan2.1's VAE. Weight names are the checkpoint's: `encoder.…`, `quant_conv`,
@@ -298,16 +312,7 @@ impl AutoencoderKlWan {
             }
             _ => self.encode_tile(video)?,
         };
-        // b t h w (2 z) -> b (2 z) t h w
-        let moments = moments.permute((0, 4, 1, 2, 3))?;
-        let z = self.config.z_dim;
-        Ok(DiagonalGaussian {
-            mean: moments.narrow(1, 0, z)?.contiguous()?,
-            logvar: moments
-                .narrow(1, z, z)?
-                .clamp(-30f32, 20f32)?
-                .contiguous()?,
-        })
+        DiagonalGaussian::from_moments(&moments, self.config.z_dim)
     }
 
     /// Encodes one tile `(B, C_in, F, H, W)` chunk by chunk into channels-last moments
