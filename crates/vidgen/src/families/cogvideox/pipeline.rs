@@ -22,7 +22,6 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
-use candle_nn::VarBuilder;
 
 use super::config::CogVideoXTransformerConfig;
 use super::transformer::CogVideoXTransformer3D;
@@ -434,7 +433,9 @@ impl CogVideoXPipeline {
             None => {
                 let cfg = self.text_cfg.clone();
                 let dtype = text_encoder_dtype(&self.dir, self.opts.dtype)?;
-                self.build_as("text_encoder", dtype, |vb| T5EncoderModel::new(&cfg, vb))?
+                build_component(&self.dir, "text_encoder", dtype, &self.opts.device, |vb| {
+                    T5EncoderModel::new(&cfg, vb)
+                })?
             }
         };
         let states = encode_prompts_unmasked(&self.tokenizer, &model, prompts, max_len)?;
@@ -455,7 +456,9 @@ impl CogVideoXPipeline {
             Some(vae) => vae,
             None => {
                 let cfg = self.vae_cfg.clone();
-                self.build("vae", |vb| AutoencoderKlCogVideoX::new(&cfg, vb))?
+                build_component(&self.dir, "vae", self.opts.dtype, &self.opts.device, |vb| {
+                    AutoencoderKlCogVideoX::new(&cfg, vb)
+                })?
             }
         };
         let z = vae.latents_for_decode(&latents.to_dtype(self.opts.dtype)?)?;
@@ -476,27 +479,15 @@ impl CogVideoXPipeline {
     fn transformer(&mut self) -> Result<&CogVideoXTransformer3D> {
         if self.transformer.is_none() {
             let cfg = self.transformer_cfg.clone();
-            self.transformer =
-                Some(self.build("transformer", |vb| CogVideoXTransformer3D::new(&cfg, vb))?);
+            self.transformer = Some(build_component(
+                &self.dir,
+                "transformer",
+                self.opts.dtype,
+                &self.opts.device,
+                |vb| CogVideoXTransformer3D::new(&cfg, vb),
+            )?);
         }
         Ok(self.transformer.as_ref().expect("just built"))
-    }
-
-    fn build<T>(
-        &self,
-        component: &str,
-        make: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
-    ) -> Result<T> {
-        self.build_as(component, self.opts.dtype, make)
-    }
-
-    fn build_as<T>(
-        &self,
-        component: &str,
-        dtype: DType,
-        make: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
-    ) -> Result<T> {
-        build_component(&self.dir, component, dtype, &self.opts.device, make)
     }
 }
 

@@ -14,7 +14,6 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
-use candle_nn::VarBuilder;
 
 use super::config::LtxVideoTransformer3DConfig;
 use super::rope::rope_interpolation_scale;
@@ -411,7 +410,9 @@ impl LtxPipeline {
             Some(vae) => vae,
             None => {
                 let cfg = self.vae_cfg.clone();
-                self.build("vae", |vb| AutoencoderKlLtxVideo::new(&cfg, vb))?
+                build_component(&self.dir, "vae", self.opts.dtype, &self.opts.device, |vb| {
+                    AutoencoderKlLtxVideo::new(&cfg, vb)
+                })?
             }
         };
         let grid = self.latent_grid(settings);
@@ -477,24 +478,15 @@ impl LtxPipeline {
     fn transformer(&mut self) -> Result<&LtxVideoTransformer3D> {
         if self.transformer.is_none() {
             let cfg = self.transformer_cfg.clone();
-            self.transformer =
-                Some(self.build("transformer", |vb| LtxVideoTransformer3D::new(&cfg, vb))?);
+            self.transformer = Some(build_component(
+                &self.dir,
+                "transformer",
+                self.opts.dtype,
+                &self.opts.device,
+                |vb| LtxVideoTransformer3D::new(&cfg, vb),
+            )?);
         }
         Ok(self.transformer.as_ref().expect("just built"))
-    }
-
-    fn build<T>(
-        &self,
-        component: &str,
-        make: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
-    ) -> Result<T> {
-        build_component(
-            &self.dir,
-            component,
-            self.opts.dtype,
-            &self.opts.device,
-            make,
-        )
     }
 }
 

@@ -8,7 +8,6 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
-use candle_nn::VarBuilder;
 
 use super::config::{WanPipelineIndex, WanTransformerConfig};
 use super::transformer::WanTransformer3D;
@@ -356,7 +355,9 @@ impl WanPipeline {
             None => {
                 let cfg = self.text_cfg.clone();
                 let dtype = text_encoder_dtype(&self.dir, self.opts.dtype)?;
-                self.build_as("text_encoder", dtype, |vb| Umt5EncoderModel::new(&cfg, vb))?
+                build_component(&self.dir, "text_encoder", dtype, &self.opts.device, |vb| {
+                    Umt5EncoderModel::new(&cfg, vb)
+                })?
             }
         };
         let states = encode_prompts(&self.tokenizer, &model, prompts, max_len)?;
@@ -376,7 +377,9 @@ impl WanPipeline {
             Some(vae) => vae,
             None => {
                 let cfg = self.vae_cfg.clone();
-                self.build("vae", |vb| AutoencoderKlWan::new(&cfg, vb))?
+                build_component(&self.dir, "vae", self.opts.dtype, &self.opts.device, |vb| {
+                    AutoencoderKlWan::new(&cfg, vb)
+                })?
             }
         };
         let z = vae.denormalize_latents(&latents.to_dtype(self.opts.dtype)?)?;
@@ -397,29 +400,15 @@ impl WanPipeline {
     fn transformer(&mut self) -> Result<&WanTransformer3D> {
         if self.transformer.is_none() {
             let cfg = self.transformer_cfg.clone();
-            self.transformer =
-                Some(self.build("transformer", |vb| WanTransformer3D::new(&cfg, vb))?);
+            self.transformer = Some(build_component(
+                &self.dir,
+                "transformer",
+                self.opts.dtype,
+                &self.opts.device,
+                |vb| WanTransformer3D::new(&cfg, vb),
+            )?);
         }
         Ok(self.transformer.as_ref().expect("just built"))
-    }
-
-    /// Builds one component from its folder's weights in the pipeline's dtype.
-    fn build<T>(
-        &self,
-        component: &str,
-        make: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
-    ) -> Result<T> {
-        self.build_as(component, self.opts.dtype, make)
-    }
-
-    /// Builds one component from its folder's weights as `dtype`.
-    fn build_as<T>(
-        &self,
-        component: &str,
-        dtype: DType,
-        make: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
-    ) -> Result<T> {
-        build_component(&self.dir, component, dtype, &self.opts.device, make)
     }
 }
 
