@@ -3,6 +3,7 @@
 mod bench;
 mod generate;
 mod info;
+mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -26,6 +27,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Write a randomly initialised Wan-architecture model folder from a preset.
     Init(info::InitArgs),
+    /// Train the VAE or the DiT of a vidgen model folder from a TOML run config.
+    Train(train::TrainArgs),
     /// Time the transformer and the VAE at real sizes with random weights (JSON lines).
     Bench(bench::BenchArgs),
 }
@@ -44,6 +47,7 @@ fn main() {
         Command::Info(args) => info::run_info(args),
         Command::Init(args) => info::run_init(args),
         Command::Bench(args) => bench::run(args),
+        Command::Train(args) => train::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

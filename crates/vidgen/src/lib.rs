@@ -31,4 +31,6 @@ pub mod pipeline;
 
 pub mod info;
 
+pub mod train;
+
 pub use error::{Error, Result};

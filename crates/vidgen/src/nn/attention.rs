@@ -74,7 +74,7 @@ pub fn scaled_dot_product_attention_with_bias(
             };
             scores = scores.broadcast_add(&bias_blk)?;
         }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = softmax_last_dim(&scores)?;
         outputs.push(probs.matmul(&v)?); // (B, H, len, d)
         start += len;
     }
@@ -87,6 +87,16 @@ pub fn scaled_dot_product_attention_with_bias(
 }
 
 /// Reference attention with the whole score matrix; the oracle for tests.
+/// Softmax over the last axis: candle's fused kernel for inference, the composite (and so
+/// differentiable) ops when `xs` is part of a graph being trained.
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if xs.track_op() {
+        candle_nn::ops::softmax(xs, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(xs)
+    }
+}
+
 pub fn naive_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let d = q.dim(D::Minus1)?;
     let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?;

@@ -17,6 +17,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 mod im2col;
+mod train;
 use im2col::{CpuIm2col, Generic, Geometry};
 
 /// Frames of its input a causal conv keeps for the next chunk (the `CACHE_T` of the reference).
@@ -185,6 +186,11 @@ impl Conv3d {
                 )
             }
         }
+        let on_cpu = self.w_mat.device().is_cpu();
+        let training = self.w_mat.track_op() || parts.iter().any(|p| p.track_op());
+        if training && on_cpu && self.w_mat.dtype() == DType::F32 {
+            return train::conv3d_train(self, parts, pad);
+        }
         let outs = (0..b)
             .map(|i| {
                 let frames = parts.iter().map(|p| p.i(i)).collect::<Result<Vec<_>>>()?;
@@ -221,7 +227,9 @@ impl Conv3d {
             w_out,
         };
         let on_cpu = self.w_mat.device().is_cpu();
-        let cpu_op = on_cpu && !generic && parts.len() <= 2;
+        // the CPU im2col op has no backward pass: a graph being trained takes the candle ops
+        let training = self.w_mat.track_op() || parts.iter().any(|p| p.track_op());
+        let cpu_op = on_cpu && !generic && !training && parts.len() <= 2;
         let candle_ops = if cpu_op {
             None
         } else {

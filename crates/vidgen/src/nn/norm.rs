@@ -33,12 +33,14 @@ impl RmsNorm {
 impl Module for RmsNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let dtype = xs.dtype();
-        candle_nn::ops::rms_norm(
-            &xs.to_dtype(DType::F32)?.contiguous()?,
-            &self.weight,
-            self.eps,
-        )?
-        .to_dtype(dtype)
+        let xs = xs.to_dtype(DType::F32)?.contiguous()?;
+        // candle's fused kernel has no backward pass: training takes the composite ops
+        let normed = if xs.track_op() || self.weight.track_op() {
+            candle_nn::ops::rms_norm_slow(&xs, &self.weight, self.eps)?
+        } else {
+            candle_nn::ops::rms_norm(&xs, &self.weight, self.eps)?
+        };
+        normed.to_dtype(dtype)
     }
 }
 
@@ -76,12 +78,13 @@ impl LayerNorm {
 impl Module for LayerNorm {
     /// `(…, D)` in any float dtype → `(…, D)` f32.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::layer_norm(
-            &xs.to_dtype(DType::F32)?.contiguous()?,
-            &self.weight,
-            &self.bias,
-            self.eps,
-        )
+        let xs = xs.to_dtype(DType::F32)?.contiguous()?;
+        // candle's fused kernel has no backward pass: training takes the composite ops
+        if xs.track_op() || self.weight.track_op() || self.bias.track_op() {
+            candle_nn::ops::layer_norm_slow(&xs, &self.weight, &self.bias, self.eps)
+        } else {
+            candle_nn::ops::layer_norm(&xs, &self.weight, &self.bias, self.eps)
+        }
     }
 }
 

@@ -78,7 +78,13 @@ pub fn apply_rotary_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Resul
     } else {
         (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?)
     };
-    candle_nn::rotary_emb::rope_i(&x.contiguous()?, &cos, &sin)
+    let x = x.contiguous()?;
+    if x.track_op() {
+        // the fused kernel has no backward pass
+        candle_nn::rotary_emb::rope_i_slow(&x, &cos, &sin)
+    } else {
+        candle_nn::rotary_emb::rope_i(&x, &cos, &sin)
+    }
 }
 
 #[cfg(test)]

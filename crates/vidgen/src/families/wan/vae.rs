@@ -169,6 +169,11 @@ impl AutoencoderKlWanConfig {
     pub fn spatial_compression(&self) -> usize {
         1 << (self.dim_mult.len() - 1)
     }
+
+    /// Frames per latent frame after the first (`2^(temporal down-samplings)`).
+    pub fn temporal_compression(&self) -> usize {
+        1 << self.temperal_downsample.iter().filter(|&&d| d).count()
+    }
 }
 
 /// Spatial tiling of `encode`/`decode`, diffusers' `enable_tiling`: tiles of

@@ -11,6 +11,7 @@ use candle_nn::VarBuilder;
 use super::vae_ops::{add_inplace, silu_inplace};
 use super::vae_resample::{Resample, ResampleMode};
 use crate::nn::conv3d::{next_cache, CausalConv3d};
+use crate::nn::attention::softmax_last_dim;
 
 /// What one causal conv remembers between chunks (an entry of the reference's `feat_cache`).
 #[derive(Clone, Debug, Default)]
@@ -86,7 +87,13 @@ impl RmsNorm {
     /// pixels at zero as the reference's clamp does.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let xf = x.to_dtype(DType::F32)?;
-        candle_nn::ops::rms_norm(&xf, &self.gamma, 1e-30)?.to_dtype(x.dtype())
+        let normed = if xf.track_op() || self.gamma.track_op() {
+            // the fused kernel has no backward pass
+            candle_nn::ops::rms_norm_slow(&xf, &self.gamma, 1e-30)?
+        } else {
+            candle_nn::ops::rms_norm(&xf, &self.gamma, 1e-30)?
+        };
+        normed.to_dtype(x.dtype())
     }
 }
 
@@ -190,7 +197,7 @@ impl AttentionBlock {
                 let q = qkv.narrow(1, 0, c)?.contiguous()?;
                 let k = qkv.narrow(1, c, c)?.t()?.contiguous()?; // (C, N)
                 let v = qkv.narrow(1, 2 * c, c)?.contiguous()?;
-                let attn = candle_nn::ops::softmax_last_dim(&(q.matmul(&k)? * scale)?)?; // (N, N)
+                let attn = softmax_last_dim(&(q.matmul(&k)? * scale)?)?; // (N, N)
                 attn.matmul(&v)?
                     .matmul(&self.proj_w)?
                     .broadcast_add(&self.proj_b)

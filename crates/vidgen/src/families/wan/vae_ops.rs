@@ -14,7 +14,7 @@ const CHUNK: usize = 1 << 14;
 
 /// `x * sigmoid(x)`, on a fresh `x`; returns `x` itself on the CPU.
 pub(crate) fn silu_inplace(x: Tensor) -> Result<Tensor> {
-    if !x.device().is_cpu() || !x.is_contiguous() {
+    if !x.device().is_cpu() || !x.is_contiguous() || x.track_op() {
         return x.silu();
     }
     x.inplace_op1(&Silu)?;
@@ -23,7 +23,9 @@ pub(crate) fn silu_inplace(x: Tensor) -> Result<Tensor> {
 
 /// `a + b` for same-shape tensors, written into a fresh `a` on the CPU.
 pub(crate) fn add_inplace(a: Tensor, b: &Tensor) -> Result<Tensor> {
-    if !a.device().is_cpu() || !a.is_contiguous() || !b.is_contiguous() || a.dims() != b.dims() {
+    let plain = !a.device().is_cpu() || !a.is_contiguous() || !b.is_contiguous();
+    // writing into `a` would corrupt a graph being trained
+    if plain || a.dims() != b.dims() || a.track_op() || b.track_op() {
         return a + b;
     }
     a.inplace_op2(b, &Add)?;

@@ -1,0 +1,572 @@
+//! The training loop of `vidgen train`: builds the trained component of a model folder on
+//! `Var`s, steps AdamW on the VAE or DiT loss, checkpoints (resumable), exports the EMA weights
+//! back into the model folder, and renders validation samples.
+//!
+//! The model is rebuilt from the `VarMap` for every micro-batch: some layers derive tensors
+//! from their weights at construction (folded up-sampling kernels), and those must follow the
+//! weights the optimizer just changed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+
+use super::config::{Part, TrainConfig};
+use super::data::{plan_batch, BatchPlan, ClipSource, FolderSource, TrainClip, WorldSource};
+use super::optim::AdamW;
+use crate::checkpoint::{class_name, weight_files};
+use crate::families::wan::config::WanTransformerConfig;
+use crate::families::wan::pipeline::WanPipeline;
+use crate::families::wan::transformer::WanTransformer3D;
+use crate::families::wan::vae::{AutoencoderKlWan, AutoencoderKlWanConfig};
+use crate::noise::NoiseRng;
+use crate::pipeline::{build_component, LoadOptions, ModelDefaults};
+use crate::{Error, Result};
+
+/// Checkpoints kept in `out/checkpoints` (older ones are deleted).
+const KEEP_CHECKPOINTS: usize = 3;
+
+/// What one optimizer step did.
+#[derive(Clone, Debug)]
+pub struct StepReport {
+    /// Steps done (1-based).
+    pub step: usize,
+    pub total: usize,
+    /// Mean loss over the step's micro-batches.
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    /// `[frames, height, width]` of the step's bucket.
+    pub size: [usize; 3],
+}
+
+/// The frozen parts a DiT run needs, and its caches.
+struct DitState {
+    config: WanTransformerConfig,
+    vae: AutoencoderKlWan,
+    text: WanPipeline,
+    max_len: usize,
+    /// Normalised latents `(1, C, T, h, w)` by (bucket size, clip index).
+    latents: HashMap<([usize; 3], usize), Tensor>,
+    /// Text states `(1, L, D_text)` by caption.
+    texts: HashMap<String, Tensor>,
+}
+
+enum PartState {
+    Vae(AutoencoderKlWanConfig),
+    Dit(Box<DitState>),
+}
+
+/// A training run in progress.
+pub struct Trainer {
+    cfg: TrainConfig,
+    device: Device,
+    varmap: VarMap,
+    opt: AdamW,
+    source: Box<dyn ClipSource>,
+    part: PartState,
+    /// `(step, mean loss)` of every step so far.
+    pub history: Vec<(usize, f64)>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TrainerState {
+    step: usize,
+    part: Part,
+    history: Vec<(usize, f64)>,
+}
+
+impl Trainer {
+    /// Opens the run: checks the model folder and the sizes, loads the component's current
+    /// weights, and with `resume` restores the latest checkpoint of `cfg.out`.
+    pub fn new(cfg: TrainConfig, resume: bool) -> Result<Self> {
+        let device = Device::Cpu;
+        let model = &cfg.model;
+        let class = class_name(&model.join("model_index.json"))?;
+        if class != "WanPipeline" {
+            return Err(Error::Unsupported {
+                what: "pipeline for training",
+                name: class,
+                supported: "WanPipeline (folders made by `vidgen init`)".into(),
+            });
+        }
+        let latest = latest_checkpoint(&cfg.out)?;
+        match (&latest, resume) {
+            (Some(dir), false) => {
+                return Err(Error::InvalidRequest(format!(
+                    "run folder {} already has a checkpoint ({}); pass --resume to continue it, \
+                     or choose another `out`",
+                    cfg.out.display(),
+                    dir.display()
+                )))
+            }
+            (None, true) => {
+                return Err(Error::InvalidRequest(format!(
+                    "nothing to resume: {} has no checkpoint",
+                    cfg.out.display()
+                )))
+            }
+            _ => {}
+        }
+
+        let source: Box<dyn ClipSource> = match cfg.data.source.as_str() {
+            "folder" => Box::new(FolderSource::open(
+                cfg.data.path.as_deref().expect("checked by the config"),
+            )?),
+            _ => Box::new(WorldSource {
+                seed: cfg.seed,
+                fps: cfg.data.fps,
+                num_clips: cfg.data.num_clips,
+            }),
+        };
+
+        let vae_cfg = AutoencoderKlWanConfig::from_file(model.join("vae/config.json"))?;
+        let (tc, sc) = (vae_cfg.temporal_compression(), vae_cfg.spatial_compression());
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+        let part = match cfg.part {
+            Part::Vae => {
+                check_buckets(&cfg, tc, sc, "the VAE")?;
+                AutoencoderKlWan::new(&vae_cfg, vb)?;
+                PartState::Vae(vae_cfg)
+            }
+            Part::Dit => {
+                let config: WanTransformerConfig =
+                    crate::pipeline::read_config(model, "transformer", "WanTransformer3DModel")?;
+                let (_, ph, pw) = config.patch().map_err(Error::InvalidRequest)?;
+                check_buckets(&cfg, tc, sc * ph.max(pw), "the VAE and the DiT's patches")?;
+                WanTransformer3D::new(&config, vb)?;
+                let vae = build_component(model, "vae", DType::F32, &device, |vb| {
+                    AutoencoderKlWan::new(&vae_cfg, vb)
+                })?;
+                let opts = LoadOptions {
+                    keep_loaded: true,
+                    ..LoadOptions::default()
+                };
+                let text = WanPipeline::load(model, opts)?;
+                let max_len = ModelDefaults::load(model, ModelDefaults::default())?
+                    .max_sequence_length;
+                PartState::Dit(Box::new(DitState {
+                    config,
+                    vae,
+                    text,
+                    max_len,
+                    latents: HashMap::new(),
+                    texts: HashMap::new(),
+                }))
+            }
+        };
+        load_into(&varmap, &model.join(cfg.part.component()), &device)?;
+        let params: HashMap<String, Var> = varmap.data().lock().expect("varmap lock").clone();
+        let mut opt = AdamW::new(params, cfg.optim.clone())?;
+
+        let mut history = Vec::new();
+        if let Some(dir) = latest {
+            let state: TrainerState = crate::checkpoint::read_json(&dir.join("trainer.json"))?;
+            if state.part != cfg.part {
+                return Err(Error::InvalidRequest(format!(
+                    "{} is a checkpoint of the {:?} run, this config trains the {:?}",
+                    dir.display(),
+                    state.part,
+                    cfg.part
+                )));
+            }
+            let file = dir.join("state.safetensors");
+            let tensors = candle_core::safetensors::load(&file, &device).map_err(|e| {
+                Error::BadWeights {
+                    path: file.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            opt.load_state(&tensors, state.step)
+                .map_err(|e| Error::BadWeights {
+                    path: file,
+                    reason: e.to_string(),
+                })?;
+            history = state.history;
+        }
+        std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
+        write_atomic(&cfg.out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+        Ok(Self {
+            cfg,
+            device,
+            varmap,
+            opt,
+            source,
+            part,
+            history,
+        })
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// Optimizer steps done so far.
+    pub fn steps_done(&self) -> usize {
+        self.opt.step
+    }
+
+    pub(crate) fn source(&self) -> &dyn ClipSource {
+        self.source.as_ref()
+    }
+
+    /// The weights a checkpoint exports (EMA unless disabled), by checkpoint name.
+    pub fn export_weights(&self) -> HashMap<String, Tensor> {
+        self.opt.export_weights()
+    }
+
+    /// The VAE config of a VAE run.
+    pub(crate) fn vae_config(&self) -> &AutoencoderKlWanConfig {
+        match &self.part {
+            PartState::Vae(cfg) => cfg,
+            PartState::Dit(state) => state.vae.config(),
+        }
+    }
+
+    /// One optimizer step over `grad_accum` micro-batches.
+    pub fn step(&mut self) -> Result<StepReport> {
+        let step = self.opt.step;
+        let mut grads = Vec::new();
+        let mut loss_sum = 0.0;
+        let mut size = [0; 3];
+        for micro in 0..self.cfg.grad_accum {
+            let plan = plan_batch(
+                &self.cfg.data,
+                self.source.len(),
+                self.cfg.batch_size,
+                self.cfg.seed,
+                step,
+                micro,
+            );
+            size = plan.size;
+            let loss = match self.cfg.part {
+                Part::Vae => self.vae_loss(&plan)?,
+                Part::Dit => self.dit_loss(&plan)?,
+            };
+            let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if !value.is_finite() {
+                return Err(Error::NonFinite(format!("the loss at step {}", step + 1)));
+            }
+            loss_sum += value;
+            self.opt.accumulate(&mut grads, &loss.backward()?)?;
+        }
+        let stats = self
+            .opt
+            .step(grads, self.cfg.grad_accum as f64, self.cfg.steps)?;
+        let loss = loss_sum / self.cfg.grad_accum as f64;
+        self.history.push((step + 1, loss));
+        Ok(StepReport {
+            step: step + 1,
+            total: self.cfg.steps,
+            loss,
+            lr: stats.lr,
+            grad_norm: stats.grad_norm,
+            size,
+        })
+    }
+
+    fn clips(&self, plan: &BatchPlan) -> Result<Vec<TrainClip>> {
+        plan.clips
+            .iter()
+            .map(|&i| self.source.clip(i, plan.size))
+            .collect()
+    }
+
+    /// `|x - x̂|₁ + mse·(x - x̂)² + kl·KL(q(z|x) ‖ N(0, 1))`, means over elements.
+    fn vae_loss(&self, plan: &BatchPlan) -> Result<Tensor> {
+        let PartState::Vae(vae_cfg) = &self.part else {
+            unreachable!("vae_loss on a DiT run")
+        };
+        let [f, h, w] = plan.size;
+        let clips = self.clips(plan)?;
+        let b = clips.len();
+        let data: Vec<f32> = clips.iter().flat_map(|c| c.video.iter().copied()).collect();
+        // (B, F, H, W, 3) in [-1, 1]: the decoder's channels-last output layout
+        let target = ((Tensor::from_vec(data, (b, f, h, w, 3), &self.device)? * 2.0)? - 1.0)?;
+        let video = target.permute((0, 4, 1, 2, 3))?.contiguous()?; // b f h w c -> b c f h w
+        let vae = AutoencoderKlWan::new(
+            vae_cfg,
+            VarBuilder::from_varmap(&self.varmap, DType::F32, &self.device),
+        )?;
+        let posterior = vae.encode(&video)?;
+        let mut rng = NoiseRng::new(plan.noise_seed);
+        let noise = Tensor::from_vec(
+            rng.normals(posterior.mean.elem_count()),
+            posterior.mean.shape(),
+            &self.device,
+        )?;
+        let z = posterior.sample(&noise)?;
+        let recon = vae.decode_tile(&z, &mut |_| {})?; // (B, F, H, W, 3), unclamped
+        let diff = (recon - &target)?;
+        let l1 = diff.abs()?.mean_all()?;
+        let mse = diff.sqr()?.mean_all()?;
+        let var = posterior.logvar.exp()?;
+        let kl = ((posterior.mean.sqr()? + var)? - 1.0)?
+            .sub(&posterior.logvar)?
+            .mean_all()?
+            * 0.5;
+        let c = &self.cfg.vae;
+        Ok(((l1 * c.l1_weight)? + (mse * c.mse_weight)? + (kl? * c.kl_weight)?)?)
+    }
+
+    /// Rectified flow: `x_σ = (1 - σ)·x₀ + σ·ε`, the DiT predicts `ε - x₀` at `t = 1000σ`
+    /// (the velocity the flow schedulers integrate); mean squared error.
+    fn dit_loss(&mut self, plan: &BatchPlan) -> Result<Tensor> {
+        let clips = self.clips(plan)?;
+        let PartState::Dit(state) = &mut self.part else {
+            unreachable!("dit_loss on a VAE run")
+        };
+        let mut latents = Vec::with_capacity(clips.len());
+        let mut texts = Vec::with_capacity(clips.len());
+        for ((clip, &index), &drop) in clips.iter().zip(&plan.clips).zip(&plan.drop_caption) {
+            latents.push(state.latents_of(clip, index, &self.device)?);
+            let caption = if drop { "" } else { clip.caption.as_str() };
+            texts.push(state.text_of(caption)?);
+        }
+        let x0 = Tensor::cat(&latents, 0)?;
+        let text = Tensor::cat(&texts, 0)?;
+        let b = x0.dim(0)?;
+
+        let mut rng = NoiseRng::new(plan.noise_seed);
+        let dit = &self.cfg.dit;
+        let sigmas: Vec<f32> = (0..b)
+            .map(|_| {
+                let s = if dit.timestep_sampling == "uniform" {
+                    rng.uniform()
+                } else {
+                    let u = dit.logit_mean + dit.logit_std * rng.normals(1)[0] as f64;
+                    1.0 / (1.0 + (-u).exp())
+                };
+                (dit.shift * s / (1.0 + (dit.shift - 1.0) * s)) as f32
+            })
+            .collect();
+        let noise = Tensor::from_vec(rng.normals(x0.elem_count()), x0.shape(), &self.device)?;
+        let sigma = Tensor::from_vec(sigmas.clone(), (b, 1, 1, 1, 1), &self.device)?;
+        let noisy = (x0.broadcast_mul(&(1.0 - &sigma)?)? + noise.broadcast_mul(&sigma)?)?;
+        let target = (&noise - &x0)?;
+        let timestep = Tensor::from_vec(
+            sigmas.iter().map(|s| s * 1000.0).collect::<Vec<f32>>(),
+            b,
+            &self.device,
+        )?;
+        let model = WanTransformer3D::new(
+            &state.config,
+            VarBuilder::from_varmap(&self.varmap, DType::F32, &self.device),
+        )?;
+        let pred = model.forward(&noisy, &timestep, &text)?;
+        Ok((pred - target)?.sqr()?.mean_all()?)
+    }
+}
+
+impl DitState {
+    fn latents_of(&mut self, clip: &TrainClip, index: usize, device: &Device) -> Result<Tensor> {
+        let key = (clip.size, index);
+        if let Some(t) = self.latents.get(&key) {
+            return Ok(t.clone());
+        }
+        let [f, h, w] = clip.size;
+        let video = ((Tensor::from_vec(clip.video.clone(), (1, f, h, w, 3), device)? * 2.0)?
+            - 1.0)?
+            .permute((0, 4, 1, 2, 3))?
+            .contiguous()?;
+        let mean = self.vae.encode(&video)?.mean;
+        let latents = self.vae.normalize_latents(&mean)?;
+        self.latents.insert(key, latents.clone());
+        Ok(latents)
+    }
+
+    fn text_of(&mut self, caption: &str) -> Result<Tensor> {
+        if let Some(t) = self.texts.get(caption) {
+            return Ok(t.clone());
+        }
+        let states = self.text.encode_text(&[caption], self.max_len)?;
+        self.texts.insert(caption.to_string(), states.clone());
+        Ok(states)
+    }
+}
+
+/// Every bucket must fit the model: frames `1 + t·k`, height and width multiples of `s`.
+fn check_buckets(cfg: &TrainConfig, t: usize, s: usize, what: &str) -> Result<()> {
+    for &[f, h, w] in &cfg.data.buckets {
+        if f % t != 1 % t || h % s != 0 || w % s != 0 {
+            return Err(Error::InvalidRequest(format!(
+                "bucket [{f}, {h}, {w}] does not fit {what}: frames must be 1 + {t}k and height \
+                 and width multiples of {s}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Sets every var of `varmap` from the weights in `dir`; a missing or mis-shaped one is an error.
+fn load_into(varmap: &VarMap, dir: &Path, device: &Device) -> Result<()> {
+    let mut tensors = HashMap::new();
+    for file in weight_files(dir)? {
+        let loaded =
+            candle_core::safetensors::load(&file, device).map_err(|e| Error::BadWeights {
+                path: file.clone(),
+                reason: e.to_string(),
+            })?;
+        tensors.extend(loaded);
+    }
+    for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
+        let t = tensors.get(name).ok_or_else(|| Error::BadWeights {
+            path: dir.to_path_buf(),
+            reason: format!("missing weight {name}"),
+        })?;
+        if t.dims() != var.dims() {
+            return Err(Error::BadWeights {
+                path: dir.to_path_buf(),
+                reason: format!("{name} has shape {:?}, expected {:?}", t.dims(), var.dims()),
+            });
+        }
+        var.set(&t.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
+/// crash leaves the old file or the new one, never half of one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".tmp-{}", std::process::id()));
+    PathBuf::from(name)
+}
+
+/// Saves `tensors` as safetensors atomically.
+pub fn save_safetensors_atomic(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let tmp = tmp_path(path);
+    candle_core::safetensors::save(tensors, &tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// The checkpoint `out/checkpoints/latest` names, if any.
+pub fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>> {
+    let pointer = out.join("checkpoints").join("latest");
+    if !pointer.is_file() {
+        return Ok(None);
+    }
+    let name = std::fs::read_to_string(&pointer).map_err(|e| Error::io(&pointer, e))?;
+    let dir = out.join("checkpoints").join(name.trim());
+    if !dir.join("state.safetensors").is_file() {
+        return Err(Error::InvalidRequest(format!(
+            "{} names {}, which has no state.safetensors",
+            pointer.display(),
+            dir.display()
+        )));
+    }
+    Ok(Some(dir))
+}
+
+impl Trainer {
+    /// Saves a resumable checkpoint `out/checkpoints/step-NNNNNN` (assembled under a temporary
+    /// name, then renamed; `latest` is switched last), keeps the newest few, and exports the
+    /// weights into the model folder.
+    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        let root = self.cfg.out.join("checkpoints");
+        std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+        let name = format!("step-{:06}", self.opt.step);
+        let dir = root.join(&name);
+        let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        candle_core::safetensors::save(&self.opt.state(), tmp.join("state.safetensors"))?;
+        let state = TrainerState {
+            step: self.opt.step,
+            part: self.cfg.part,
+            history: self.history.clone(),
+        };
+        let json = serde_json::to_string(&state)
+            .map_err(|e| Error::InvalidRequest(format!("cannot serialise the state: {e}")))?;
+        std::fs::write(tmp.join("trainer.json"), json).map_err(|e| Error::io(&tmp, e))?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+        write_atomic(&root.join("latest"), name.as_bytes())?;
+        self.prune_checkpoints(&root)?;
+        self.export()?;
+        Ok(dir)
+    }
+
+    fn prune_checkpoints(&self, root: &Path) -> Result<()> {
+        let mut steps: Vec<PathBuf> = std::fs::read_dir(root)
+            .map_err(|e| Error::io(root, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("step-"))
+            })
+            .collect();
+        steps.sort();
+        while steps.len() > KEEP_CHECKPOINTS {
+            let old = steps.remove(0);
+            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the trained component's weights (EMA) into the model folder; for the VAE also
+    /// the latent statistics the DiT normalises with.
+    pub fn export(&self) -> Result<()> {
+        let dir = self.cfg.model.join(self.cfg.part.component());
+        let weights = self.opt.export_weights();
+        if let PartState::Vae(vae_cfg) = &self.part {
+            let (mean, std) = self.latent_stats(vae_cfg, &weights)?;
+            let path = dir.join("config.json");
+            let mut json: serde_json::Value = crate::checkpoint::read_json(&path)?;
+            json["latents_mean"] = serde_json::json!(mean);
+            json["latents_std"] = serde_json::json!(std);
+            let text = serde_json::to_string_pretty(&json)
+                .map_err(|e| Error::InvalidRequest(e.to_string()))?;
+            write_atomic(&path, (text + "\n").as_bytes())?;
+        }
+        save_safetensors_atomic(&dir.join("diffusion_pytorch_model.safetensors"), &weights)
+    }
+
+    /// Per-channel mean and standard deviation of the encoder's latent means over
+    /// `vae.stats_clips` clips of the first bucket.
+    fn latent_stats(
+        &self,
+        vae_cfg: &AutoencoderKlWanConfig,
+        weights: &HashMap<String, Tensor>,
+    ) -> Result<(Vec<f64>, Vec<f64>)> {
+        let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, &self.device);
+        let vae = AutoencoderKlWan::new(vae_cfg, vb)?;
+        let size = self.cfg.data.buckets[0];
+        let [f, h, w] = size;
+        let z = vae_cfg.z_dim;
+        let (mut sum, mut sq, mut n) = (vec![0f64; z], vec![0f64; z], 0f64);
+        for i in 0..self.cfg.vae.stats_clips.min(self.source.len()) {
+            let clip = self.source.clip(i, size)?;
+            let video = ((Tensor::from_vec(clip.video, (1, f, h, w, 3), &self.device)? * 2.0)?
+                - 1.0)?
+                .permute((0, 4, 1, 2, 3))?
+                .contiguous()?;
+            // (1, Z, T, h, w) -> (Z, T h w)
+            let mean = vae.encode(&video)?.mean.squeeze(0)?.flatten_from(1)?;
+            let values = mean.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+            for (c, row) in values.iter().enumerate() {
+                sum[c] += row.iter().sum::<f64>();
+                sq[c] += row.iter().map(|v| v * v).sum::<f64>();
+            }
+            n += values[0].len() as f64;
+        }
+        let mean: Vec<f64> = sum.iter().map(|s| s / n.max(1.0)).collect();
+        let std = sq
+            .iter()
+            .zip(&mean)
+            .map(|(s, m)| (s / n.max(1.0) - m * m).max(1e-8).sqrt())
+            .collect();
+        Ok((mean, std))
+    }
+}
