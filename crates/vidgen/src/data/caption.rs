@@ -153,6 +153,8 @@ const ALL: &[Templates] = &[
 ];
 
 const ARTICLES: &[&str] = &["a", "the"];
+/// `a` before a vowel (`an orange ball`).
+const AN: &str = "an";
 /// `(train, eval)` size words for small and big.
 const SMALL_WORDS: (&[&str], &[&str]) = (&["small", "little"], &["tiny"]);
 const BIG_WORDS: (&[&str], &[&str]) = (&["big", "large"], &["huge"]);
@@ -225,8 +227,8 @@ pub(crate) fn caption(truth: &Truth, split: Split, rng: &mut NoiseRng) -> String
     text
 }
 
-/// `a red ball`, `the big blue square`, …: the article, a size word 40 % of the time, colour,
-/// shape.
+/// `a red ball`, `the big blue square`, `an orange ball`, …: the article, a size word 40 % of
+/// the time, colour, shape.
 fn noun_phrase(object: &ObjectTruth, split: Split, rng: &mut NoiseRng) -> String {
     let article = if rng.uniform() < 0.7 {
         ARTICLES[0]
@@ -243,6 +245,9 @@ fn noun_phrase(object: &ObjectTruth, split: Split, rng: &mut NoiseRng) -> String
     }
     words.push(&object.colour);
     words.push(object.shape.name());
+    if words[0] == "a" && words[1].starts_with(['a', 'e', 'i', 'o', 'u']) {
+        words[0] = AN;
+    }
     words.join(" ")
 }
 
@@ -262,7 +267,11 @@ pub fn vocabulary() -> Vec<String> {
     for pair in [SMALL_WORDS, BIG_WORDS, FAST_WORDS, SLOW_WORDS] {
         pair.0.iter().chain(pair.1).for_each(|t| add(t));
     }
-    ARTICLES.iter().chain(DIRECTIONS).for_each(|t| add(t));
+    ARTICLES
+        .iter()
+        .chain(DIRECTIONS)
+        .chain([&AN])
+        .for_each(|t| add(t));
     COLOURS.iter().for_each(|(c, _)| add(c));
     Shape::ALL.iter().for_each(|s| add(s.name()));
     words.sort();

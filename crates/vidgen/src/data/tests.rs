@@ -102,6 +102,7 @@ fn canonical_phrasings_are_train_captions() {
         "a blue square moves to the left",
         "a green triangle moves to the right",
         "a yellow triangle falls",
+        "an orange ball bounces on the floor",
     ] {
         assert!(train.contains(wanted), "`{wanted}` never drawn");
     }
@@ -132,6 +133,7 @@ fn eval_phrasings_never_appear_in_train_and_vocabulary_covers_both() {
                 );
                 assert_eq!(word, word.to_lowercase());
             }
+            assert!(!caption.contains("a orange"), "{caption}");
         }
     }
 }

@@ -29,6 +29,9 @@ pub struct Blob {
     /// Soft (coverage-weighted) area over the soft width × height: ball ≈ 0.79, square ≈ 1,
     /// triangle ≈ 0.5.
     pub fill: f32,
+    /// Share of the coverage below the centre line: ball and square ≈ 0.5, the upward
+    /// triangle ≈ 0.75. Unlike `fill`, it survives blur (chroma subsampling, a soft model).
+    pub bottom_share: f32,
     /// The box touches the frame border or the wall: the shape may be cut.
     pub clipped: bool,
 }
@@ -188,6 +191,14 @@ fn describe(
     };
     let (width, cx) = weighted(&col_max, x0);
     let (height, cy) = weighted(&row_max, y0);
+    let below: f32 = pixels
+        .iter()
+        .map(|&i| {
+            let alpha = (distance[i] / core_distance).min(1.0);
+            // The share of the pixel's row below the centre line.
+            alpha * ((i / w) as f32 + 1.0 - cy).clamp(0.0, 1.0)
+        })
+        .sum();
     let near_wall = wall_cols.iter().any(|&c| c + 1 >= x0 && c <= x1);
     Blob {
         area: pixels.len(),
@@ -199,6 +210,7 @@ fn describe(
         cy,
         colour,
         fill: soft / (width * height),
+        bottom_share: below / soft,
         clipped: x0 == 0 || y0 == 0 || x1 == w || y1 == h || near_wall,
     }
 }

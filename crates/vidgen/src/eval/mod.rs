@@ -8,8 +8,8 @@
 //! ```
 //!
 //! Colour is the palette colour nearest a blob's core; shape is the blob's coverage over its
-//! bounding box (ball ≈ π/4, square ≈ 1, triangle ≈ 1/2) on frames where it is not cut by the
-//! border or the wall; direction is the box centre's displacement from the first to the last
+//! bounding box (ball ≈ π/4, square ≈ 1, triangle ≈ 1/2) and the share of it below its centre
+//! (triangle ≈ 3/4), on frames where it is not cut by the border or the wall; direction is the box centre's displacement from the first to the last
 //! frame it is found in (under 10 % of the frame counts as still); trajectory error (falls and
 //! bounces) is the mean |y − y_true| / H, a missed frame counting 1; permanence asks that the
 //! object be found both before and after the frames the truth hides it behind the wall;
@@ -86,7 +86,11 @@ pub fn score_clip(
     } else {
         whole
     };
-    let detected_shape = mode(shape_votes.iter().map(|b| classify_shape(b.fill)));
+    let detected_shape = mode(
+        shape_votes
+            .iter()
+            .map(|b| classify_shape(b.fill, b.bottom_share)),
+    );
 
     // 3. direction: first to last frame found
     let detected_direction = match (found.first(), found.last()) {
@@ -172,14 +176,15 @@ fn pick(blobs: Vec<Blob>, target: Option<usize>) -> Option<Blob> {
         .or_else(|| largest(&mut blobs.into_iter().filter(|b| b.colour.is_some())))
 }
 
-/// Fill ratio → shape: a square fills its box, a ball π/4 of it, a triangle half.
-pub fn classify_shape(fill: f32) -> Shape {
-    if fill >= 0.9 {
-        Shape::Square
-    } else if fill >= 0.64 {
-        Shape::Ball
-    } else {
+/// Fill ratio and bottom share → shape: a triangle holds 3/4 of its coverage below its centre
+/// (or fills half its box), a square fills its box, a ball π/4 of it.
+pub fn classify_shape(fill: f32, bottom_share: f32) -> Shape {
+    if bottom_share >= 0.62 || fill < 0.6 {
         Shape::Triangle
+    } else if fill >= 0.9 {
+        Shape::Square
+    } else {
+        Shape::Ball
     }
 }
 

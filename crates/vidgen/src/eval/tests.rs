@@ -3,12 +3,12 @@ use crate::data::render::{draw_shape, rgb_of};
 use crate::data::{sample_clip, Split, WorldSpec};
 use crate::noise::NoiseRng;
 
-fn world_scores(split: Split, n: u64) -> Vec<ClipScore> {
-    let spec = WorldSpec::default();
+fn world_scores(spec: WorldSpec, split: Split, n: u64) -> Vec<ClipScore> {
+    let (f, h, w) = (spec.num_frames, spec.height, spec.width);
     (0..n)
         .map(|seed| {
             let clip = sample_clip(&spec, seed, split);
-            let s = score_clip(&clip.video, 17, 64, 64, &clip.truth);
+            let s = score_clip(&clip.video, f, h, w, &clip.truth);
             if !(s.colour && s.shape && s.direction != Some(false)) {
                 eprintln!("seed {seed} `{}`: {s:?}", clip.caption);
             }
@@ -20,7 +20,7 @@ fn world_scores(split: Split, n: u64) -> Vec<ClipScore> {
 #[test]
 fn ground_truth_clips_score_near_perfect() {
     for split in [Split::Train, Split::Eval] {
-        let summary = summarize(&world_scores(split, 200));
+        let summary = summarize(&world_scores(WorldSpec::default(), split, 200));
         eprintln!("{split:?}: {summary:?}");
         assert!(summary.colour_accuracy >= 0.97, "{summary:?}");
         assert!(summary.shape_accuracy >= 0.93, "{summary:?}");
@@ -29,6 +29,69 @@ fn ground_truth_clips_score_near_perfect() {
         assert!(summary.permanence_rate.unwrap() >= 0.95, "{summary:?}");
         assert!(summary.consistency >= 0.95, "{summary:?}");
     }
+}
+
+#[test]
+fn ground_truth_scores_hold_at_other_sizes_and_rates() {
+    for (num_frames, height, width, fps) in [(9, 48, 80, 24), (25, 80, 48, 4), (17, 32, 32, 8)] {
+        let spec = WorldSpec {
+            num_frames,
+            height,
+            width,
+            fps,
+        };
+        let summary = summarize(&world_scores(spec, Split::Eval, 150));
+        eprintln!("{spec:?}: {summary:?}");
+        assert!(summary.colour_accuracy >= 0.95, "{spec:?}: {summary:?}");
+        assert!(summary.shape_accuracy >= 0.9, "{spec:?}: {summary:?}");
+        assert!(
+            summary.direction_accuracy.unwrap() >= 0.95,
+            "{spec:?}: {summary:?}"
+        );
+        assert!(summary.consistency >= 0.9, "{spec:?}: {summary:?}");
+    }
+}
+
+/// A 3×3 box blur of every frame, as a soft model (or a lossy codec) would draw.
+fn blur(video: &[f32], h: usize, w: usize) -> Vec<f32> {
+    let mut out = video.to_vec();
+    for (src, dst) in video
+        .chunks_exact(h * w * 3)
+        .zip(out.chunks_exact_mut(h * w * 3))
+    {
+        for y in 0..h {
+            for x in 0..w {
+                for c in 0..3 {
+                    let (mut sum, mut n) = (0.0, 0.0);
+                    for yy in y.saturating_sub(1)..(y + 2).min(h) {
+                        for xx in x.saturating_sub(1)..(x + 2).min(w) {
+                            sum += src[(yy * w + xx) * 3 + c];
+                            n += 1.0;
+                        }
+                    }
+                    dst[(y * w + x) * 3 + c] = sum / n;
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn blurred_clips_keep_their_colour_shape_and_motion() {
+    let spec = WorldSpec::default();
+    let scores: Vec<ClipScore> = (0..150)
+        .map(|seed| {
+            let clip = sample_clip(&spec, seed, Split::Eval);
+            score_clip(&blur(&clip.video, 64, 64), 17, 64, 64, &clip.truth)
+        })
+        .collect();
+    let summary = summarize(&scores);
+    eprintln!("blurred: {summary:?}");
+    assert!(summary.colour_accuracy >= 0.95, "{summary:?}");
+    assert!(summary.shape_accuracy >= 0.9, "{summary:?}");
+    assert!(summary.direction_accuracy.unwrap() >= 0.95, "{summary:?}");
+    assert!(summary.trajectory_error.unwrap() < 0.03, "{summary:?}");
 }
 
 #[test]
