@@ -82,6 +82,13 @@ fn captions_name_the_truth() {
                         Some(Relation::RightOf) => assert!(a.x > b.x && has("right"), "{msg}"),
                         _ => assert!(!has("left") && !has("right"), "{msg}"),
                     }
+                    let moving = t.objects.iter().filter(|o| o.motion == SceneKind::Move);
+                    let expected = match t.relation {
+                        Some(Relation::Apart) => 2,
+                        Some(Relation::Toward) => 1,
+                        _ => 0,
+                    };
+                    assert_eq!(moving.count(), expected, "{msg}");
                 }
                 SceneKind::Bounce => assert!(has("bounces") || has("hops") || has("rebounds")),
                 SceneKind::Fall | SceneKind::Still => {

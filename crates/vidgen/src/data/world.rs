@@ -181,6 +181,8 @@ pub struct ObjectTruth {
     /// Half-extent in pixels: a ball's radius, half a square's side, a triangle's half base
     /// (its height is `2 * radius`).
     pub radius: f32,
+    /// How the object itself moves: the scene's kind, except `move` or `still` for each of
+    /// two objects and `still` under a panning camera.
     pub motion: SceneKind,
     /// Direction of the object's own motion in the world (`none` when still, `down` for falls).
     pub direction: Direction,
@@ -423,6 +425,8 @@ impl Sampler<'_> {
                     .map(|k| sign * travel * k as f32 / steps)
                     .collect();
                 let mut obj = obj;
+                // Still in the world; only the camera moves.
+                obj.motion = SceneKind::Still;
                 obj.states = camera
                     .iter()
                     .map(|&c| state(image_start - c, y, -sign * travel / steps, 0.0))
@@ -487,6 +491,11 @@ impl Sampler<'_> {
         let y = between(rng, ra.max(rb), h - ra.max(rb));
         let frames = self.spec.num_frames;
         let linear = |mut obj: ObjectTruth, x0: f32, v: f32, y: f32| {
+            obj.motion = if v == 0.0 {
+                SceneKind::Still
+            } else {
+                SceneKind::Move
+            };
             obj.direction = if v < 0.0 {
                 Direction::Left
             } else if v > 0.0 {

@@ -47,8 +47,12 @@ pub struct ClipScore {
 
 /// Scores one video against what its prompt asked.
 ///
-/// * `video` — `(F, H, W, 3)` RGB in [0, 1]; sizes may differ from the truth's, whose
+/// * `video` — `(F, H, W, 3)` RGB in [0, 1]; its height may differ from the truth's, whose
 ///   positions are then rescaled.
+///
+/// # Panics
+///
+/// When `video.len()` is not `F·H·W·3` (a caller bug).
 pub fn score_clip(
     video: &[f32],
     num_frames: usize,
