@@ -1,7 +1,8 @@
 //! Scene sampling and exact per-frame physics: what is in a clip and where it is at each frame.
 //!
-//! Positions are in pixels of the drawn frame, `x` to the right and `y` down, measured at pixel
-//! centres' coordinates (pixel `(row, col)` covers `[col, col + 1) × [row, row + 1)`). Time is
+//! Positions are in pixels of the drawn frame, `x` to the right and `y` down, continuous:
+//! pixel `(row, col)` covers `[col, col + 1) × [row, row + 1)` and its centre is at
+//! `(col + 0.5, row + 0.5)`. Time is
 //! real seconds: frame `k` is at `t = k / fps`, so a clip's duration depends on its frame rate.
 //! Directional motions are scaled to the clip's duration (they always cross 30–80 % of the
 //! frame); gravity is a fixed 2.5 frame-heights per second², raised only when a clip is too
