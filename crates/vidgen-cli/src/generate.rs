@@ -260,7 +260,7 @@ pub fn check_output_path(path: &Path, accepted: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn parse_dtype(name: &str) -> Result<DType> {
+pub fn parse_dtype(name: &str) -> Result<DType> {
     Ok(match name {
         "f32" => DType::F32,
         "bf16" => DType::BF16,

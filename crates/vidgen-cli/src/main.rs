@@ -1,6 +1,9 @@
-//! `vidgen`: generate videos from text, describe and create model folders.
+//! `vidgen`: generate videos from text, describe and create model folders, write world data
+//! and evaluate models on it.
 
 mod bench;
+mod data;
+mod eval;
 mod generate;
 mod info;
 mod train;
@@ -31,6 +34,11 @@ enum Command {
     Train(train::TrainArgs),
     /// Time the transformer and the VAE at real sizes with random weights (JSON lines).
     Bench(bench::BenchArgs),
+    /// Write training data: clips of the procedural physics world.
+    #[command(subcommand)]
+    Data(data::DataCommand),
+    /// Score how well a model follows prompts of the world (colour, shape, motion, physics).
+    Eval(eval::EvalArgs),
 }
 
 fn main() {
@@ -47,7 +55,12 @@ fn main() {
         Command::Info(args) => info::run_info(args),
         Command::Init(args) => info::run_init(args),
         Command::Bench(args) => bench::run(args),
+<<<<<<< HEAD
         Command::Train(args) => train::run(args),
+=======
+        Command::Data(command) => data::run(command),
+        Command::Eval(args) => eval::run(args),
+>>>>>>> world
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

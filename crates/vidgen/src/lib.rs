@@ -14,6 +14,12 @@
 //! `checkpoint` reads diffusers-layout model folders; `nn` holds the shared building blocks;
 //! `families` has one folder per model family (`wan` — also vidgen's own models — `ltx`,
 //! `cogvideox`), each with its pipeline; `pipeline::load` opens a folder as the right one.
+//!
+//! Around the pipeline, for vidgen's own models: `data` draws the procedural physics world
+//! they learn from (seed → truth → frames (F, H, W, 3) + caption), `train` fits a model
+//! folder's VAE or DiT to it (or to a folder of captioned videos), and `eval` scores any
+//! video against the truth its prompt came from (colour, shape, direction, trajectory,
+//! object permanence, consistency).
 
 pub mod error;
 
@@ -31,6 +37,8 @@ pub mod pipeline;
 
 pub mod info;
 
+pub mod data;
 pub mod train;
+pub mod eval;
 
 pub use error::{Error, Result};

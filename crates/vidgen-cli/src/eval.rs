@@ -1,0 +1,219 @@
+//! `vidgen eval`: how well a model follows prompts of the procedural world.
+//!
+//! Draws `--count` clips of the held-out Eval split at the model's default size, generates a
+//! video from each caption (seeded by the clip's seed), scores it against the clip's truth
+//! with `vidgen::eval`, and prints a table and, as the last line of stdout, a JSON object.
+//! `--ground-truth` scores the world's own clips and `--noise` uniform random frames: the
+//! best and worst a model can do, with no model needed.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+use clap::Args;
+use vidgen::data::{sample_clip, Split, WorldSpec};
+use vidgen::eval::{score_clip, summarize, ClipScore, Summary};
+use vidgen::noise::NoiseRng;
+use vidgen::pipeline::{GenerateRequest, LoadOptions, VideoPipeline};
+
+use crate::generate::{builtin_model, parse_device, parse_dtype, write_atomic};
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Model folder to evaluate. Default: the built-in model; optional with --ground-truth or
+    /// --noise (then it only sets the clip size).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Number of Eval-split clips (seeds SEED..SEED+COUNT).
+    #[arg(long, default_value_t = 100)]
+    pub count: usize,
+    /// First seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Denoising steps. Default: the model's.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale. Default: the model's.
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Also write the JSON object (summary, per-clip scores) to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Score the world's own clips instead of a model's videos (a sanity ceiling).
+    #[arg(long, conflicts_with = "noise")]
+    pub ground_truth: bool,
+    /// Score uniform random frames instead of a model's videos (a sanity floor).
+    #[arg(long)]
+    pub noise: bool,
+    /// Weights and activations: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// cpu, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let baseline = args.ground_truth || args.noise;
+    let mut pipeline = match (&args.model, baseline) {
+        (None, true) => None,
+        (model, _) => Some(load(model.clone(), &args)?),
+    };
+    let spec = match &pipeline {
+        Some(p) => {
+            let d = p.defaults();
+            WorldSpec {
+                num_frames: d.num_frames,
+                height: d.height,
+                width: d.width,
+                fps: d.fps,
+            }
+        }
+        None => WorldSpec::default(),
+    };
+    vidgen::data::check_spec(&spec)
+        .map_err(|reason| anyhow::anyhow!("the model's default size: {reason}"))?;
+    let mode = if args.ground_truth {
+        "ground-truth"
+    } else if args.noise {
+        "noise"
+    } else {
+        "model"
+    };
+
+    let started = Instant::now();
+    let mut scores: Vec<ClipScore> = Vec::with_capacity(args.count);
+    let mut per_clip = Vec::with_capacity(args.count);
+    for i in 0..args.count {
+        let seed = args.seed + i as u64;
+        let clip = sample_clip(&spec, seed, Split::Eval);
+        let clip_started = Instant::now();
+        let (video, (f, h, w)) = if args.ground_truth {
+            (clip.video, (spec.num_frames, spec.height, spec.width))
+        } else if args.noise {
+            let mut rng = NoiseRng::new(seed);
+            let n = spec.num_frames * spec.height * spec.width * 3;
+            let noise = (0..n).map(|_| rng.uniform() as f32).collect();
+            (noise, (spec.num_frames, spec.height, spec.width))
+        } else {
+            let pipeline = pipeline
+                .as_mut()
+                .expect("a model is loaded unless a baseline");
+            generate(pipeline.as_mut(), &args, &spec, &clip.caption, seed)?
+        };
+        let seconds = clip_started.elapsed().as_secs_f64();
+        let score = score_clip(&video, f, h, w, &clip.truth);
+        per_clip.push(serde_json::json!({
+            "seed": seed,
+            "caption": clip.caption,
+            "scene": clip.truth.scene,
+            "seconds": seconds,
+            "score": score,
+        }));
+        scores.push(score);
+        if mode == "model" {
+            eprintln!(
+                "[{}/{}] {:.1}s {}",
+                i + 1,
+                args.count,
+                seconds,
+                clip.caption
+            );
+        }
+    }
+    let seconds_per_clip = started.elapsed().as_secs_f64() / args.count.max(1) as f64;
+    let summary = summarize(&scores);
+    print_table(mode, &summary, seconds_per_clip);
+    let record = serde_json::json!({
+        "mode": mode,
+        "model": args.model,
+        "spec": spec,
+        "seed": args.seed,
+        "steps": args.steps,
+        "seconds_per_clip": seconds_per_clip,
+        "summary": summary,
+    });
+    if let Some(path) = &args.json {
+        let mut full = record.clone();
+        full["clips"] = per_clip.into();
+        write_atomic(path, serde_json::to_string_pretty(&full)?.as_bytes())?;
+    }
+    println!("{record}");
+    Ok(())
+}
+
+fn load(model: Option<PathBuf>, args: &EvalArgs) -> Result<Box<dyn VideoPipeline>> {
+    let dir = model.clone().unwrap_or_else(builtin_model);
+    if model.is_none() && !dir.join("model_index.json").is_file() {
+        bail!(
+            "the built-in model is not in this checkout ({}); pass --model DIR, or \
+             --ground-truth / --noise for the baselines",
+            dir.display()
+        );
+    }
+    let dtype: DType = parse_dtype(&args.dtype)?;
+    let options = LoadOptions {
+        dtype,
+        device: parse_device(&args.device)?,
+        keep_loaded: true,
+    };
+    vidgen::pipeline::load(&dir, options)
+        .with_context(|| format!("loading model {}", dir.display()))
+}
+
+/// One video of `caption`: `(F, H, W, 3)` pixels and their sizes.
+fn generate(
+    pipeline: &mut dyn VideoPipeline,
+    args: &EvalArgs,
+    spec: &WorldSpec,
+    caption: &str,
+    seed: u64,
+) -> Result<(Vec<f32>, (usize, usize, usize))> {
+    let request = GenerateRequest {
+        prompt: caption.to_string(),
+        num_frames: Some(spec.num_frames),
+        height: Some(spec.height),
+        width: Some(spec.width),
+        fps: Some(spec.fps),
+        num_inference_steps: args.steps,
+        guidance_scale: args.guidance,
+        seed,
+        ..GenerateRequest::default()
+    };
+    let generated = pipeline
+        .generate(&request, &mut |_| {})
+        .with_context(|| format!("generating `{caption}`"))?;
+    let (f, h, w, _) = generated.frames.dims4()?;
+    let data = generated.frames.flatten_all()?.to_vec1::<f32>()?;
+    Ok((data, (f, h, w)))
+}
+
+fn print_table(mode: &str, s: &Summary, seconds_per_clip: f64) {
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
+    println!(
+        "{:<13} {:>5} {:>7} {:>7} {:>10} {:>11} {:>11} {:>12} {:>8}",
+        "mode",
+        "clips",
+        "colour",
+        "shape",
+        "direction",
+        "trajectory",
+        "permanence",
+        "consistency",
+        "s/clip"
+    );
+    println!(
+        "{:<13} {:>5} {:>7} {:>7} {:>10} {:>11} {:>11} {:>12} {:>8.3}",
+        mode,
+        s.count,
+        pct(Some(s.colour_accuracy)),
+        pct(Some(s.shape_accuracy)),
+        pct(s.direction_accuracy),
+        s.trajectory_error
+            .map_or("-".to_string(), |e| format!("{e:.4}")),
+        pct(s.permanence_rate),
+        pct(Some(s.consistency)),
+        seconds_per_clip
+    );
+}

@@ -1,0 +1,280 @@
+//! The caption grammar: a template per scene, filled with a noun phrase per object, a
+//! direction word and sometimes a speed adverb.
+//!
+//! `{o}` is the first object's noun phrase (`a red ball`, `the big blue square`), `{p}` the
+//! second's, `{d}` the direction word (`left`, `right`, `up`, `down`). Every `Eval` template
+//! holds a word or word order no `Train` template has (`drifts`, `heads`, `pillar`, `sweeps`,
+//! …), so no eval caption can equal a train caption; object, colour, shape and direction words
+//! are shared. The canonical phrasings (`a red ball bounces on the floor`, `a red ball moves
+//! to the left`, `a red ball falls`) are train templates with the article `a` and no size.
+
+use super::world::{Direction, ObjectTruth, Relation, SceneKind, Shape, Size, Speed, Truth};
+use super::Split;
+use crate::data::world::{pick, COLOURS};
+use crate::noise::NoiseRng;
+
+/// `(train, eval)` template lists.
+type Templates = (&'static [&'static str], &'static [&'static str]);
+
+const MOVE_SIDEWAYS: Templates = (
+    &[
+        "{o} moves to the {d}",
+        "{o} slides to the {d}",
+        "{o} glides to the {d}",
+        "{o} travels to the {d}",
+        "{o} moves {d}",
+        "{o} is moving to the {d}",
+        "there is {o} moving to the {d}",
+    ],
+    &[
+        "{o} drifts to the {d}",
+        "{o} heads toward the {d} side",
+        "{o} makes its way to the {d}",
+    ],
+);
+/// Only balls roll.
+const ROLL: &[&str] = &["{o} rolls to the {d}"];
+const MOVE_UP: Templates = (
+    &[
+        "{o} moves up",
+        "{o} rises",
+        "{o} floats up",
+        "{o} goes up",
+        "{o} is moving up",
+    ],
+    &["{o} drifts upward", "{o} climbs"],
+);
+const MOVE_DOWN: Templates = (
+    &[
+        "{o} moves down",
+        "{o} sinks",
+        "{o} goes down",
+        "{o} slides down",
+    ],
+    &["{o} drifts downward", "{o} descends"],
+);
+const FALL: Templates = (
+    &[
+        "{o} falls",
+        "{o} drops",
+        "{o} falls to the floor",
+        "{o} falls down",
+        "{o} drops to the floor",
+    ],
+    &["{o} tumbles down", "{o} plunges to the floor"],
+);
+const BOUNCE: Templates = (
+    &[
+        "{o} bounces on the floor",
+        "{o} bounces",
+        "{o} falls and bounces",
+        "{o} bounces off the floor",
+    ],
+    &["{o} hops on the ground", "{o} drops and rebounds"],
+);
+const STILL: Templates = (
+    &[
+        "{o} sits still",
+        "{o} rests",
+        "{o} stays still",
+        "{o} does not move",
+    ],
+    &["{o} remains in place", "{o} stands motionless"],
+);
+const STILL_ON_FLOOR: Templates = (
+    &["{o} rests on the floor", "{o} sits on the floor"],
+    &["{o} lies on the ground"],
+);
+const APART: Templates = (
+    &[
+        "{o} and {p} move apart",
+        "{o} and {p} move away from each other",
+    ],
+    &["{o} and {p} drift apart", "{o} and {p} separate"],
+);
+const TOWARD: Templates = (
+    &[
+        "{o} moves toward {p}",
+        "{o} moves towards {p}",
+        "{o} slides toward {p}",
+    ],
+    &["{o} approaches {p}", "{o} drifts toward {p}"],
+);
+const BESIDE: Templates = (
+    &[
+        "{o} is {d} of {p}",
+        "{o} is to the {d} of {p}",
+        "{o} sits {d} of {p}",
+    ],
+    &[
+        "{o} is positioned {d} of {p}",
+        "{o} stays on the {d} side of {p}",
+    ],
+);
+const OCCLUDER: Templates = (
+    &[
+        "{o} passes behind a wall",
+        "{o} moves to the {d} behind a wall",
+        "{o} goes behind a gray wall and comes out",
+        "{o} moves behind a wall and reappears",
+    ],
+    &[
+        "{o} slips behind a pillar and reappears",
+        "{o} drifts to the {d} behind a gray pillar",
+    ],
+);
+const PAN: Templates = (
+    &[
+        "the camera pans {d} over {o}",
+        "the camera pans to the {d} over {o}",
+        "the camera moves {d} past {o}",
+    ],
+    &[
+        "the camera sweeps {d} across {o}",
+        "the view drifts to the {d} over {o}",
+    ],
+);
+
+/// Every template list, for [`vocabulary`].
+const ALL: &[Templates] = &[
+    MOVE_SIDEWAYS,
+    (ROLL, &[]),
+    MOVE_UP,
+    MOVE_DOWN,
+    FALL,
+    BOUNCE,
+    STILL,
+    STILL_ON_FLOOR,
+    APART,
+    TOWARD,
+    BESIDE,
+    OCCLUDER,
+    PAN,
+];
+
+const ARTICLES: &[&str] = &["a", "the"];
+/// `a` before a vowel (`an orange ball`).
+const AN: &str = "an";
+/// `(train, eval)` size words for small and big.
+const SMALL_WORDS: (&[&str], &[&str]) = (&["small", "little"], &["tiny"]);
+const BIG_WORDS: (&[&str], &[&str]) = (&["big", "large"], &["huge"]);
+/// `(train, eval)` adverbs appended to directional motions, by speed.
+const FAST_WORDS: (&[&str], &[&str]) = (&["quickly", "fast"], &["rapidly"]);
+const SLOW_WORDS: (&[&str], &[&str]) = (&["slowly"], &["gently"]);
+const DIRECTIONS: &[&str] = &["left", "right", "up", "down"];
+
+fn of_split<T: Copy>(pair: (T, T), split: Split) -> T {
+    match split {
+        Split::Train => pair.0,
+        Split::Eval => pair.1,
+    }
+}
+
+/// A caption of `truth` in `split`'s phrasings.
+pub(crate) fn caption(truth: &Truth, split: Split, rng: &mut NoiseRng) -> String {
+    let first = &truth.objects[0];
+    let mut adverb = None;
+    let (templates, direction): (Vec<&str>, Direction) = match truth.scene {
+        SceneKind::Move => {
+            let d = first.direction;
+            let mut list = match d {
+                Direction::Up => of_split(MOVE_UP, split).to_vec(),
+                Direction::Down => of_split(MOVE_DOWN, split).to_vec(),
+                _ => of_split(MOVE_SIDEWAYS, split).to_vec(),
+            };
+            let sideways = matches!(d, Direction::Left | Direction::Right);
+            if split == Split::Train && first.shape == Shape::Ball && sideways {
+                list.extend_from_slice(ROLL);
+            }
+            if rng.uniform() < 0.4 {
+                let words = match first.speed {
+                    Some(Speed::Fast) => of_split(FAST_WORDS, split),
+                    _ => of_split(SLOW_WORDS, split),
+                };
+                adverb = Some(words[pick(rng, words.len())]);
+            }
+            (list, d)
+        }
+        SceneKind::Fall => (of_split(FALL, split).to_vec(), Direction::Down),
+        SceneKind::Bounce => (of_split(BOUNCE, split).to_vec(), Direction::Down),
+        SceneKind::Still if truth.floor_y.is_some() && rng.uniform() < 0.5 => {
+            (of_split(STILL_ON_FLOOR, split).to_vec(), Direction::None)
+        }
+        SceneKind::Still => (of_split(STILL, split).to_vec(), Direction::None),
+        SceneKind::TwoObjects => match truth.relation {
+            Some(Relation::Apart) => (of_split(APART, split).to_vec(), Direction::None),
+            Some(Relation::Toward) => (of_split(TOWARD, split).to_vec(), Direction::None),
+            Some(Relation::LeftOf) => (of_split(BESIDE, split).to_vec(), Direction::Left),
+            _ => (of_split(BESIDE, split).to_vec(), Direction::Right),
+        },
+        SceneKind::Occluder => (of_split(OCCLUDER, split).to_vec(), first.direction),
+        SceneKind::Pan => (
+            of_split(PAN, split).to_vec(),
+            truth.camera_direction.unwrap_or(Direction::None),
+        ),
+    };
+    let template = templates[pick(rng, templates.len())];
+    let mut text = template
+        .replace("{d}", direction.name())
+        .replace("{o}", &noun_phrase(first, split, rng));
+    if let Some(second) = truth.objects.get(1) {
+        text = text.replace("{p}", &noun_phrase(second, split, rng));
+    }
+    if let Some(adverb) = adverb {
+        text.push(' ');
+        text.push_str(adverb);
+    }
+    text
+}
+
+/// `a red ball`, `the big blue square`, `an orange ball`, …: the article, a size word 40 % of
+/// the time, colour, shape.
+fn noun_phrase(object: &ObjectTruth, split: Split, rng: &mut NoiseRng) -> String {
+    let article = if rng.uniform() < 0.7 {
+        ARTICLES[0]
+    } else {
+        ARTICLES[1]
+    };
+    let mut words = vec![article];
+    if rng.uniform() < 0.4 {
+        let sizes = match object.size {
+            Size::Small => of_split(SMALL_WORDS, split),
+            Size::Big => of_split(BIG_WORDS, split),
+        };
+        words.push(sizes[pick(rng, sizes.len())]);
+    }
+    words.push(&object.colour);
+    words.push(object.shape.name());
+    if words[0] == "a" && words[1].starts_with(['a', 'e', 'i', 'o', 'u']) {
+        words[0] = AN;
+    }
+    words.join(" ")
+}
+
+/// Every word any caption of either split can contain: lowercase, deduplicated, sorted.
+pub fn vocabulary() -> Vec<String> {
+    let mut words: Vec<String> = Vec::new();
+    let mut add = |text: &str| {
+        words.extend(
+            text.split_whitespace()
+                .filter(|w| !w.starts_with('{'))
+                .map(str::to_string),
+        )
+    };
+    for (train, eval) in ALL {
+        train.iter().chain(eval.iter()).for_each(|t| add(t));
+    }
+    for pair in [SMALL_WORDS, BIG_WORDS, FAST_WORDS, SLOW_WORDS] {
+        pair.0.iter().chain(pair.1).for_each(|t| add(t));
+    }
+    ARTICLES
+        .iter()
+        .chain(DIRECTIONS)
+        .chain([&AN])
+        .for_each(|t| add(t));
+    COLOURS.iter().for_each(|(c, _)| add(c));
+    Shape::ALL.iter().for_each(|s| add(s.name()));
+    words.sort();
+    words.dedup();
+    words
+}
