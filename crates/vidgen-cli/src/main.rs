@@ -55,12 +55,9 @@ fn main() {
         Command::Info(args) => info::run_info(args),
         Command::Init(args) => info::run_init(args),
         Command::Bench(args) => bench::run(args),
-<<<<<<< HEAD
-        Command::Train(args) => train::run(args),
-=======
         Command::Data(command) => data::run(command),
+        Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
->>>>>>> world
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
