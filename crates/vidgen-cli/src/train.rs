@@ -49,11 +49,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     );
     let bar = ProgressBar::new(cfg.steps as u64).with_position(start as u64);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {pos}/{len} {msg} {per_sec} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} {per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     bar.set_prefix(format!("train {:?}", cfg.part).to_lowercase());
     bar.reset_eta();
@@ -81,7 +79,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let last = report.step == stop;
         if report.step % cfg.checkpoint_every == 0 || last {
             let dir = trainer.save_checkpoint().context("saving a checkpoint")?;
-            trainer.write_loss_curve().context("writing the loss curve")?;
+            trainer
+                .write_loss_curve()
+                .context("writing the loss curve")?;
             tracing::info!("checkpoint {}", dir.display());
         }
         let sample_now = cfg.sample_every > 0 && report.step % cfg.sample_every == 0;
@@ -89,7 +89,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             if cfg.sample_every > 0 && report.step % cfg.checkpoint_every != 0 && !last {
                 trainer.save_checkpoint().context("saving a checkpoint")?;
             }
-            for path in trainer.write_samples().context("writing validation samples")? {
+            for path in trainer
+                .write_samples()
+                .context("writing validation samples")?
+            {
                 bar.println(format!("sample {}", path.display()));
             }
         }

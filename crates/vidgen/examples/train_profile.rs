@@ -26,8 +26,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t_bwd = t.elapsed().as_secs_f64();
         println!("{b}x{f}x{h}x{w}: encode {t_enc:.2}s decode {t_dec:.2}s backward {t_bwd:.2}s");
     }
-    let tcfg: vidgen::families::wan::config::WanTransformerConfig =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("transformer/config.json"))?)?;
+    let tcfg: vidgen::families::wan::config::WanTransformerConfig = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("transformer/config.json"))?,
+    )?;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let dit = vidgen::families::wan::transformer::WanTransformer3D::new(&tcfg, vb)?;
@@ -49,6 +50,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let frozen = AutoencoderKlWan::new(&cfg, VarBuilder::zeros(DType::F32, &dev))?;
     let _ = frozen.encode(&x)?;
-    println!("inference encode 1x17x64x64: {:.3}s", t0.elapsed().as_secs_f64());
+    println!(
+        "inference encode 1x17x64x64: {:.3}s",
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }

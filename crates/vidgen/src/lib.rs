@@ -38,7 +38,7 @@ pub mod pipeline;
 pub mod info;
 
 pub mod data;
-pub mod train;
 pub mod eval;
+pub mod train;
 
 pub use error::{Error, Result};

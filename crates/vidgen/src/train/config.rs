@@ -137,6 +137,12 @@ pub struct VaeLossConfig {
     pub mse_weight: f64,
     #[serde(default = "defaults::kl_weight")]
     pub kl_weight: f64,
+    /// At the start of a run (not on resume), the bias of the encoder's log-variance outputs
+    /// (`quant_conv`'s second half) is set to this: the posterior starts nearly deterministic.
+    /// From a random init its variance is ~1, which drowns the latents in sampling noise, and
+    /// Adam at lr 1e-3 takes thousands of steps to shrink it. `none` keeps the init.
+    #[serde(default = "defaults::init_logvar")]
+    pub init_logvar: Option<f64>,
     /// Clips whose latents set `latents_mean` / `latents_std` in `vae/config.json` at export.
     #[serde(default = "defaults::stats_clips")]
     pub stats_clips: usize,
@@ -162,6 +168,11 @@ pub struct DitLossConfig {
     pub logit_std: f64,
     #[serde(default = "defaults::one_f")]
     pub shift: f64,
+    /// At the start of a run (not on resume), zero the AdaLN modulation (`time_proj`, the
+    /// `scale_shift_table`s) and the output projection, so every block starts as the identity
+    /// and the prediction at zero: DiT's AdaLN-Zero initialisation.
+    #[serde(default = "defaults::yes")]
+    pub zero_init: bool,
     /// Prompts rendered at each sampling point (the model folder's defaults set the size).
     #[serde(default)]
     pub sample_prompts: Vec<String>,
@@ -225,8 +236,14 @@ mod defaults {
     pub fn kl_weight() -> f64 {
         1e-4
     }
+    pub fn init_logvar() -> Option<f64> {
+        Some(-8.0)
+    }
     pub fn stats_clips() -> usize {
         64
+    }
+    pub fn yes() -> bool {
+        true
     }
     pub fn logit_normal() -> String {
         "logit-normal".into()
@@ -319,7 +336,9 @@ impl TrainConfig {
             return Err("data.caption_dropout must be in [0, 1]".into());
         }
         let o = &self.optim;
-        if !(o.lr > 0.0) || !(0.0..=1.0).contains(&o.min_lr_ratio) || !(0.0..1.0).contains(&o.ema_decay)
+        if !(o.lr > 0.0)
+            || !(0.0..=1.0).contains(&o.min_lr_ratio)
+            || !(0.0..1.0).contains(&o.ema_decay)
         {
             return Err("optim: lr > 0, min_lr_ratio in [0, 1], ema_decay in [0, 1)".into());
         }
@@ -369,7 +388,10 @@ buckets = [[17, 64, 64], [9, 48, 80]]
         let err = TrainConfig::from_toml(&format!("{MINIMAL}\nlearning_rate = 1.0"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("unknown field") && err.contains("learning_rate"), "{err}");
+        assert!(
+            err.contains("unknown field") && err.contains("learning_rate"),
+            "{err}"
+        );
         let err = TrainConfig::from_toml(&MINIMAL.replace("\"dit\"", "\"unet\""))
             .unwrap_err()
             .to_string();

@@ -39,7 +39,10 @@ pub struct WorldSource {
 pub fn mix_seed(parts: &[u64]) -> u64 {
     let mut h = 0x9E37_79B9_7F4A_7C15u64;
     for &p in parts {
-        h ^= p.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_add(h << 6).wrapping_add(h >> 2);
+        h ^= p
+            .wrapping_add(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(h << 6)
+            .wrapping_add(h >> 2);
         let mut z = h;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -173,7 +176,10 @@ impl ClipSource for FolderSource {
     fn clip(&self, index: usize, size: [usize; 3]) -> Result<TrainClip> {
         let (path, caption) = &self.items[index % self.items.len()];
         let frames = vidgen_video::read(path).map_err(|e| {
-            Error::InvalidRequest(format!("cannot read training video {}: {e}", path.display()))
+            Error::InvalidRequest(format!(
+                "cannot read training video {}: {e}",
+                path.display()
+            ))
         })?;
         let video = fit_video(
             &frames.data,
@@ -282,12 +288,21 @@ mod tests {
     #[test]
     fn plans_are_deterministic_and_follow_bucket_weights() {
         let d = data();
-        assert_eq!(plan_batch(&d, 100, 4, 7, 12, 0), plan_batch(&d, 100, 4, 7, 12, 0));
-        assert_ne!(plan_batch(&d, 100, 4, 7, 12, 0), plan_batch(&d, 100, 4, 7, 13, 0));
+        assert_eq!(
+            plan_batch(&d, 100, 4, 7, 12, 0),
+            plan_batch(&d, 100, 4, 7, 12, 0)
+        );
+        assert_ne!(
+            plan_batch(&d, 100, 4, 7, 12, 0),
+            plan_batch(&d, 100, 4, 7, 13, 0)
+        );
         let first = (0..400)
             .filter(|&s| plan_batch(&d, 100, 4, 7, s, 0).size == [17, 64, 64])
             .count();
-        assert!((250..350).contains(&first), "{first} of 400 in the weight-3 bucket");
+        assert!(
+            (250..350).contains(&first),
+            "{first} of 400 in the weight-3 bucket"
+        );
         let plan = plan_batch(&d, 5, 64, 1, 0, 0);
         assert!(plan.clips.iter().all(|&c| c < 5));
     }
@@ -299,7 +314,13 @@ mod tests {
         for t in 0..2 {
             for _y in 0..4 {
                 for x in 0..8 {
-                    let v = if t == 1 { 0.5 } else if x < 4 { 0.0 } else { 1.0 };
+                    let v = if t == 1 {
+                        0.5
+                    } else if x < 4 {
+                        0.0
+                    } else {
+                        1.0
+                    };
                     src.extend([v, v, v]);
                 }
             }
@@ -315,7 +336,10 @@ mod tests {
     #[test]
     fn folder_errors_name_the_problem() {
         let dir = tempfile::tempdir().unwrap();
-        let err = FolderSource::open(&dir.path().join("nope")).err().unwrap().to_string();
+        let err = FolderSource::open(&dir.path().join("nope"))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("does not exist"), "{err}");
         let err = FolderSource::open(dir.path()).err().unwrap().to_string();
         assert!(err.contains("no videos"), "{err}");

@@ -51,8 +51,14 @@ impl AdamW {
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let zeros = |p: &Var| p.as_detached_tensor().zeros_like();
         Ok(Self {
-            m: params.iter().map(|(_, p)| zeros(p)).collect::<Result<_>>()?,
-            v: params.iter().map(|(_, p)| zeros(p)).collect::<Result<_>>()?,
+            m: params
+                .iter()
+                .map(|(_, p)| zeros(p))
+                .collect::<Result<_>>()?,
+            v: params
+                .iter()
+                .map(|(_, p)| zeros(p))
+                .collect::<Result<_>>()?,
             ema: params
                 .iter()
                 .map(|(_, p)| p.as_detached_tensor().copy())
@@ -81,14 +87,23 @@ impl AdamW {
 
     /// One AdamW step on the accumulated gradients divided by `scale` (the number of
     /// micro-batches), after clipping their global norm; then updates the EMA.
-    pub fn step(&mut self, grads: Vec<Option<Tensor>>, scale: f64, total_steps: usize) -> Result<StepStats> {
+    pub fn step(
+        &mut self,
+        grads: Vec<Option<Tensor>>,
+        scale: f64,
+        total_steps: usize,
+    ) -> Result<StepStats> {
         let grads: Vec<Option<Tensor>> = grads
             .into_iter()
             .map(|g| g.map(|g| g / scale).transpose())
             .collect::<Result<_>>()?;
         let mut sq = 0f64;
         for g in grads.iter().flatten() {
-            sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            sq += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
         }
         let grad_norm = sq.sqrt();
         if !grad_norm.is_finite() {

@@ -34,8 +34,14 @@ pub fn render(points: &[(usize, f64)]) -> Vec<u8> {
         return img;
     }
     let max_step = valid.iter().map(|p| p.0).max().unwrap_or(1).max(1) as f64;
-    let lo = valid.iter().map(|p| p.1.log10()).fold(f64::INFINITY, f64::min);
-    let hi = valid.iter().map(|p| p.1.log10()).fold(f64::NEG_INFINITY, f64::max);
+    let lo = valid
+        .iter()
+        .map(|p| p.1.log10())
+        .fold(f64::INFINITY, f64::min);
+    let hi = valid
+        .iter()
+        .map(|p| p.1.log10())
+        .fold(f64::NEG_INFINITY, f64::max);
     let (lo, hi) = (lo.floor(), hi.ceil().max(lo.floor() + 1.0));
     let to_px = |step: usize, loss: f64| -> (usize, usize) {
         let fx = step as f64 / max_step;
@@ -93,7 +99,12 @@ pub fn write_png(path: &Path, points: &[(usize, f64)]) -> Result<()> {
     let img = render(points);
     let mut bytes = Vec::new();
     image::codecs::png::PngEncoder::new(&mut bytes)
-        .write_image(&img, WIDTH as u32, HEIGHT as u32, image::ExtendedColorType::Rgb8)
+        .write_image(
+            &img,
+            WIDTH as u32,
+            HEIGHT as u32,
+            image::ExtendedColorType::Rgb8,
+        )
         .map_err(|e| Error::InvalidRequest(format!("cannot encode the loss plot: {e}")))?;
     super::run::write_atomic(path, &bytes)
 }

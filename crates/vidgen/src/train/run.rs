@@ -122,7 +122,10 @@ impl Trainer {
         };
 
         let vae_cfg = AutoencoderKlWanConfig::from_file(model.join("vae/config.json"))?;
-        let (tc, sc) = (vae_cfg.temporal_compression(), vae_cfg.spatial_compression());
+        let (tc, sc) = (
+            vae_cfg.temporal_compression(),
+            vae_cfg.spatial_compression(),
+        );
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
         let part = match cfg.part {
@@ -145,8 +148,8 @@ impl Trainer {
                     ..LoadOptions::default()
                 };
                 let text = WanPipeline::load(model, opts)?;
-                let max_len = ModelDefaults::load(model, ModelDefaults::default())?
-                    .max_sequence_length;
+                let max_len =
+                    ModelDefaults::load(model, ModelDefaults::default())?.max_sequence_length;
                 PartState::Dit(Box::new(DitState {
                     config,
                     vae,
@@ -158,6 +161,17 @@ impl Trainer {
             }
         };
         load_into(&varmap, &model.join(cfg.part.component()), &device)?;
+        if latest.is_none() {
+            match cfg.part {
+                Part::Dit if cfg.dit.zero_init => zero_adaln(&varmap)?,
+                Part::Vae => {
+                    if let Some(value) = cfg.vae.init_logvar {
+                        init_logvar(&varmap, value)?;
+                    }
+                }
+                _ => {}
+            }
+        }
         let params: HashMap<String, Var> = varmap.data().lock().expect("varmap lock").clone();
         let mut opt = AdamW::new(params, cfg.optim.clone())?;
 
@@ -173,12 +187,11 @@ impl Trainer {
                 )));
             }
             let file = dir.join("state.safetensors");
-            let tensors = candle_core::safetensors::load(&file, &device).map_err(|e| {
-                Error::BadWeights {
+            let tensors =
+                candle_core::safetensors::load(&file, &device).map_err(|e| Error::BadWeights {
                     path: file.clone(),
                     reason: e.to_string(),
-                }
-            })?;
+                })?;
             opt.load_state(&tensors, state.step)
                 .map_err(|e| Error::BadWeights {
                     path: file,
@@ -397,6 +410,34 @@ fn check_buckets(cfg: &TrainConfig, t: usize, s: usize, what: &str) -> Result<()
             )));
         }
     }
+    Ok(())
+}
+
+/// AdaLN-Zero: the modulation (`condition_embedder.time_proj`, every `scale_shift_table`) and
+/// `proj_out` set to zero, so each block's gates are zero (identity blocks) and the first
+/// prediction is zero.
+fn zero_adaln(varmap: &VarMap) -> Result<()> {
+    for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
+        if name.ends_with("scale_shift_table")
+            || name.starts_with("condition_embedder.time_proj.")
+            || name.starts_with("proj_out.")
+        {
+            var.set(&var.as_detached_tensor().zeros_like()?)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets the bias of the log-variance half of `quant_conv`'s outputs to `value`.
+fn init_logvar(varmap: &VarMap, value: f64) -> Result<()> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let Some(bias) = data.get("quant_conv.bias") else {
+        return Ok(());
+    };
+    let z = bias.dim(0)? / 2;
+    let mean = bias.as_detached_tensor().narrow(0, 0, z)?;
+    let logvar = Tensor::full(value as f32, z, bias.device())?;
+    bias.set(&Tensor::cat(&[&mean, &logvar], 0)?)?;
     Ok(())
 }
 

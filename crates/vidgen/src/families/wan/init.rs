@@ -60,7 +60,18 @@ fn write_into(dir: &Path, preset: &WanPreset, seed: u64) -> Result<()> {
     // Tokenizer first: the text encoder's vocabulary size is the tokenizer's.
     let mut text_cfg = preset.text_encoder.clone();
     if preset.own_tokenizer {
-        let size = write_tokenizer_json(&dir.join("tokenizer"), &default_vocab())?;
+        // common prompt words plus every word of the procedural world's captions, so the
+        // built-in model's prompts are one piece per word (others are spelled in characters)
+        let mut pieces = default_vocab();
+        let known: std::collections::HashSet<String> =
+            pieces.iter().map(|(p, _)| p.clone()).collect();
+        for word in crate::data::vocabulary() {
+            let piece = format!("{}{word}", crate::text::vocab::WORD_START);
+            if !known.contains(&piece) {
+                pieces.push((piece, -8.0));
+            }
+        }
+        let size = write_tokenizer_json(&dir.join("tokenizer"), &pieces)?;
         if text_cfg.vocab_size < size {
             text_cfg.vocab_size = size;
         }

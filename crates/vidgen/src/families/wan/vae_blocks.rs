@@ -10,8 +10,8 @@ use candle_nn::VarBuilder;
 
 use super::vae_ops::{add_inplace, silu_inplace};
 use super::vae_resample::{Resample, ResampleMode};
-use crate::nn::conv3d::{next_cache, CausalConv3d};
 use crate::nn::attention::softmax_last_dim;
+use crate::nn::conv3d::{next_cache, CausalConv3d};
 
 /// What one causal conv remembers between chunks (an entry of the reference's `feat_cache`).
 #[derive(Clone, Debug, Default)]

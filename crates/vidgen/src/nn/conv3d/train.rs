@@ -23,7 +23,12 @@ impl Im2col3d {
 
     /// Calls `f(row, k, input_index)` for every im2col element, rows in parallel chunks of one
     /// output frame.
-    fn input_index(&self, dims: (usize, usize, usize, usize, usize), row: usize, k: usize) -> usize {
+    fn input_index(
+        &self,
+        dims: (usize, usize, usize, usize, usize),
+        row: usize,
+        k: usize,
+    ) -> usize {
         let (_, t, h, w, c) = dims;
         let (to, ho, wo) = self.out_dims((t, h, w));
         let ((_, kh, kw), (st, sh, sw)) = (self.kernel, self.stride);
