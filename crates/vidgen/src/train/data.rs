@@ -23,6 +23,9 @@ pub struct TrainClip {
 pub trait ClipSource: Send + Sync {
     /// Distinct clips available (indices `0..len`).
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Clip `index` at `size` `[frames, height, width]`.
     fn clip(&self, index: usize, size: [usize; 3]) -> Result<TrainClip>;
 }

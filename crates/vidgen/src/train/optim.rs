@@ -162,15 +162,16 @@ impl AdamW {
     }
 
     /// Everything a checkpoint holds: `weight.NAME`, `ema.NAME`, `adam_m.NAME`, `adam_v.NAME`.
-    pub fn state(&self) -> HashMap<String, Tensor> {
+    /// The weights are copied: a `Var` is updated in place, and a snapshot must not follow it.
+    pub fn state(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         for (i, (name, p)) in self.params.iter().enumerate() {
-            out.insert(format!("weight.{name}"), p.as_detached_tensor());
+            out.insert(format!("weight.{name}"), p.as_detached_tensor().copy()?);
             out.insert(format!("ema.{name}"), self.ema[i].clone());
             out.insert(format!("adam_m.{name}"), self.m[i].clone());
             out.insert(format!("adam_v.{name}"), self.v[i].clone());
         }
-        out
+        Ok(out)
     }
 
     /// Restores a [`Self::state`] taken after `step` optimizer steps.
@@ -243,7 +244,7 @@ mod tests {
         let v = x.as_tensor().to_vec1::<f32>()?;
         assert!(v[0].abs() < 0.05 && v[1].abs() < 0.05, "{v:?}");
         // state round trip
-        let state = opt.state();
+        let state = opt.state()?;
         assert_eq!(state.len(), 4);
         x.set(&Tensor::new(&[9f32, 9.0], &dev)?)?;
         opt.load_state(&state, 200)?;

@@ -54,7 +54,7 @@ struct DitState {
 }
 
 enum PartState {
-    Vae(AutoencoderKlWanConfig),
+    Vae(Box<AutoencoderKlWanConfig>),
     Dit(Box<DitState>),
 }
 
@@ -132,7 +132,7 @@ impl Trainer {
             Part::Vae => {
                 check_buckets(&cfg, tc, sc, "the VAE")?;
                 AutoencoderKlWan::new(&vae_cfg, vb)?;
-                PartState::Vae(vae_cfg)
+                PartState::Vae(Box::new(vae_cfg))
             }
             Part::Dit => {
                 let config: WanTransformerConfig =
@@ -312,7 +312,7 @@ impl Trainer {
         )?;
         let z = posterior.sample(&noise)?;
         let recon = vae.decode_tile(&z, &mut |_| {})?; // (B, F, H, W, 3), unclamped
-        let diff = (recon - &target)?;
+        let diff = colour_weighted(&(recon - &target)?, self.cfg.vae.chroma_weight)?;
         let l1 = diff.abs()?.mean_all()?;
         let mse = diff.sqr()?.mean_all()?;
         let var = posterior.logvar.exp()?;
@@ -398,6 +398,21 @@ impl DitState {
         self.texts.insert(caption.to_string(), states.clone());
         Ok(states)
     }
+}
+
+/// `(…, 3)` RGB differences → BT.601 YCbCr differences with the chroma channels times `k`.
+fn colour_weighted(diff: &Tensor, k: f64) -> Result<Tensor> {
+    let k = k as f32;
+    #[rustfmt::skip]
+    let m = [
+        0.299, 0.587, 0.114,
+        -0.168_736 * k, -0.331_264 * k, 0.5 * k,
+        0.5 * k, -0.418_688 * k, -0.081_312 * k,
+    ];
+    // (…, 3) · Mᵀ
+    let mt = Tensor::from_vec(m.to_vec(), (3, 3), diff.device())?.t()?;
+    let dims = diff.dims().to_vec();
+    Ok(diff.reshape(((), 3))?.matmul(&mt)?.reshape(dims)?)
 }
 
 /// Every bucket must fit the model: frames `1 + t·k`, height and width multiples of `s`.
@@ -519,7 +534,7 @@ impl Trainer {
         let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        candle_core::safetensors::save(&self.opt.state(), tmp.join("state.safetensors"))?;
+        candle_core::safetensors::save(&self.opt.state()?, tmp.join("state.safetensors"))?;
         let state = TrainerState {
             step: self.opt.step,
             part: self.cfg.part,
