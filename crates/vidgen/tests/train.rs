@@ -134,6 +134,19 @@ fn resuming_gives_the_same_weights_as_an_uninterrupted_run() {
     assert_eq!(a.history, b.history);
 }
 
+fn assert_every_weight_has_a_gradient(
+    map: &candle_nn::VarMap,
+    grads: &candle_core::backprop::GradStore,
+) {
+    for (name, var) in map.data().lock().unwrap().iter() {
+        let norm = grads.get(var.as_tensor()).map(|g| {
+            let sum = g.abs().unwrap().sum_all().unwrap();
+            sum.to_scalar::<f32>().unwrap()
+        });
+        assert!(norm.is_some_and(|n| n > 0.0), "no gradient reaches {name}");
+    }
+}
+
 #[test]
 fn every_transformer_and_vae_weight_gets_a_gradient() {
     use candle_core::{DType, Device};
@@ -163,19 +176,7 @@ fn every_transformer_and_vae_weight_gets_a_gradient() {
         .unwrap()
         .sum_all()
         .unwrap();
-    let grads = grads.backward().unwrap();
-    for (name, var) in map.data().lock().unwrap().iter() {
-        let g = grads.get(var.as_tensor());
-        let norm = g.map(|g| {
-            g.abs()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        });
-        assert!(norm.is_some_and(|n| n > 0.0), "no gradient reaches {name}");
-    }
+    assert_every_weight_has_a_gradient(&map, &grads.backward().unwrap());
 
     let map: VarMap = vidgen::families::wan::init::random_weights(&mut rng, DType::F32, |vb| {
         AutoencoderKlWan::new(&p.vae, vb).map(|_| ())
@@ -191,19 +192,7 @@ fn every_transformer_and_vae_weight_gets_a_gradient() {
         .unwrap()
         .sum_all()
         .unwrap();
-    let grads = loss.backward().unwrap();
-    for (name, var) in map.data().lock().unwrap().iter() {
-        let g = grads.get(var.as_tensor());
-        let norm = g.map(|g| {
-            g.abs()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        });
-        assert!(norm.is_some_and(|n| n > 0.0), "no gradient reaches {name}");
-    }
+    assert_every_weight_has_a_gradient(&map, &loss.backward().unwrap());
 }
 
 #[test]
