@@ -148,7 +148,7 @@ pub struct VaeLossConfig {
     /// At the start of a run (not on resume), the bias of the encoder's log-variance outputs
     /// (`quant_conv`'s second half) is set to this: the posterior starts nearly deterministic.
     /// From a random init its variance is ~1, which drowns the latents in sampling noise, and
-    /// Adam at lr 1e-3 takes thousands of steps to shrink it. `none` keeps the init.
+    /// Adam at lr 1e-3 takes thousands of steps to shrink it.
     #[serde(default = "defaults::init_logvar")]
     pub init_logvar: Option<f64>,
     /// Clips whose latents set `latents_mean` / `latents_std` in `vae/config.json` at export.
