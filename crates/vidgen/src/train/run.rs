@@ -292,13 +292,14 @@ impl Trainer {
         let PartState::Vae(vae_cfg) = &self.part else {
             unreachable!("vae_loss on a DiT run")
         };
-        let [f, h, w] = plan.size;
         let clips = self.clips(plan)?;
-        let b = clips.len();
-        let data: Vec<f32> = clips.iter().flat_map(|c| c.video.iter().copied()).collect();
-        // (B, F, H, W, 3) in [-1, 1]: the decoder's channels-last output layout
-        let target = ((Tensor::from_vec(data, (b, f, h, w, 3), &self.device)? * 2.0)? - 1.0)?;
-        let video = target.permute((0, 4, 1, 2, 3))?.contiguous()?; // b f h w c -> b c f h w
+        let videos = clips
+            .iter()
+            .map(|c| c.to_vae_input(&self.device))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let video = Tensor::cat(&videos, 0)?; // (B, 3, F, H, W) in [-1, 1]
+                                              // b c f h w -> b f h w c: the decoder's channels-last output layout
+        let target = video.permute((0, 2, 3, 4, 1))?;
         let vae = AutoencoderKlWan::new(
             vae_cfg,
             VarBuilder::from_varmap(&self.varmap, DType::F32, &self.device),
@@ -379,12 +380,7 @@ impl DitState {
         if let Some(t) = self.latents.get(&key) {
             return Ok(t.clone());
         }
-        let [f, h, w] = clip.size;
-        let video = ((Tensor::from_vec(clip.video.clone(), (1, f, h, w, 3), device)? * 2.0)?
-            - 1.0)?
-            .permute((0, 4, 1, 2, 3))?
-            .contiguous()?;
-        let mean = self.vae.encode(&video)?.mean;
+        let mean = self.vae.encode(&clip.to_vae_input(device)?)?.mean;
         let latents = self.vae.normalize_latents(&mean)?;
         self.latents.insert(key, latents.clone());
         Ok(latents)
@@ -599,17 +595,16 @@ impl Trainer {
         let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, &self.device);
         let vae = AutoencoderKlWan::new(vae_cfg, vb)?;
         let size = self.cfg.data.buckets[0];
-        let [f, h, w] = size;
         let z = vae_cfg.z_dim;
         let (mut sum, mut sq, mut n) = (vec![0f64; z], vec![0f64; z], 0f64);
         for i in 0..self.cfg.vae.stats_clips.min(self.source.len()) {
             let clip = self.source.clip(i, size)?;
-            let video = ((Tensor::from_vec(clip.video, (1, f, h, w, 3), &self.device)? * 2.0)?
-                - 1.0)?
-                .permute((0, 4, 1, 2, 3))?
-                .contiguous()?;
             // (1, Z, T, h, w) -> (Z, T h w)
-            let mean = vae.encode(&video)?.mean.squeeze(0)?.flatten_from(1)?;
+            let mean = vae
+                .encode(&clip.to_vae_input(&self.device)?)?
+                .mean
+                .squeeze(0)?
+                .flatten_from(1)?;
             let values = mean.to_dtype(DType::F64)?.to_vec2::<f64>()?;
             for (c, row) in values.iter().enumerate() {
                 sum[c] += row.iter().sum::<f64>();

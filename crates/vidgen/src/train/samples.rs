@@ -50,14 +50,7 @@ impl Trainer {
                     &candle_core::Device::Cpu,
                 );
                 let vae = AutoencoderKlWan::new(self.vae_config(), vb)?;
-                let video = ((Tensor::from_vec(
-                    clip.video.clone(),
-                    (1, f, h, w, 3),
-                    &candle_core::Device::Cpu,
-                )? * 2.0)?
-                    - 1.0)?
-                    .permute((0, 4, 1, 2, 3))?
-                    .contiguous()?;
+                let video = clip.to_vae_input(&candle_core::Device::Cpu)?;
                 let recon = vae.decode(&vae.encode(&video)?.mean)?; // (1, 3, F, H, W) in [-1, 1]
                 let recon = ((recon.squeeze(0)?.permute((1, 2, 3, 0))? + 1.0)? / 2.0)?;
                 let original =
