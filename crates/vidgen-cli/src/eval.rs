@@ -6,14 +6,16 @@
 //! `--ground-truth` scores the world's own clips and `--noise` uniform random frames: the
 //! best and worst a model can do, with no model needed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::DType;
+use candle_core::{DType, Device, Tensor};
 use clap::Args;
+use vidgen::checkpoint::Weights;
 use vidgen::data::{sample_clip, Split, WorldSpec};
 use vidgen::eval::{score_clip, summarize, ClipScore, Summary};
+use vidgen::families::wan::vae::{AutoencoderKlWan, AutoencoderKlWanConfig};
 use vidgen::noise::NoiseRng;
 use vidgen::pipeline::{GenerateRequest, LoadOptions, VideoPipeline};
 
@@ -44,8 +46,15 @@ pub struct EvalArgs {
     #[arg(long, conflicts_with = "noise")]
     pub ground_truth: bool,
     /// Score uniform random frames instead of a model's videos (a sanity floor).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "reconstruct")]
     pub noise: bool,
+    /// Score the world's clips after a round trip through the model's VAE (encode, then decode
+    /// the posterior mean): the best its DiT could do with this VAE.
+    #[arg(long, conflicts_with = "ground_truth")]
+    pub reconstruct: bool,
+    /// Which phrasings to draw the prompts from: `eval` (held out from training) or `train`.
+    #[arg(long, default_value = "eval", value_parser = ["eval", "train"])]
+    pub split: String,
     /// Weights and activations: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
@@ -59,6 +68,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let mut pipeline = match (&args.model, baseline) {
         (None, true) => None,
         (model, _) => Some(load(model.clone(), &args)?),
+    };
+    let vae = match &pipeline {
+        Some(p) if args.reconstruct => Some(load_vae(p.dir(), &args)?),
+        _ => None,
+    };
+    let split = match args.split.as_str() {
+        "train" => Split::Train,
+        _ => Split::Eval,
     };
     let spec = match &pipeline {
         Some(p) => {
@@ -78,6 +95,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         "ground-truth"
     } else if args.noise {
         "noise"
+    } else if args.reconstruct {
+        "reconstruct"
     } else {
         "model"
     };
@@ -87,7 +106,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let mut per_clip = Vec::with_capacity(args.count);
     for i in 0..args.count {
         let seed = args.seed + i as u64;
-        let clip = sample_clip(&spec, seed, Split::Eval);
+        let clip = sample_clip(&spec, seed, split);
         let clip_started = Instant::now();
         let (video, (f, h, w)) = if args.ground_truth {
             (clip.video, (spec.num_frames, spec.height, spec.width))
@@ -96,6 +115,17 @@ pub fn run(args: EvalArgs) -> Result<()> {
             let n = spec.num_frames * spec.height * spec.width * 3;
             let noise = (0..n).map(|_| rng.uniform() as f32).collect();
             (noise, (spec.num_frames, spec.height, spec.width))
+        } else if let Some(vae) = &vae {
+            (
+                round_trip(
+                    vae,
+                    &clip.video,
+                    &spec,
+                    parse_dtype(&args.dtype)?,
+                    &device(&args)?,
+                )?,
+                (spec.num_frames, spec.height, spec.width),
+            )
         } else {
             let pipeline = pipeline
                 .as_mut()
@@ -130,6 +160,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         "model": args.model,
         "spec": spec,
         "seed": args.seed,
+        "split": args.split,
         "steps": args.steps,
         "seconds_per_clip": seconds_per_clip,
         "summary": summary,
@@ -160,6 +191,44 @@ fn load(model: Option<PathBuf>, args: &EvalArgs) -> Result<Box<dyn VideoPipeline
     };
     vidgen::pipeline::load(&dir, options)
         .with_context(|| format!("loading model {}", dir.display()))
+}
+
+fn device(args: &EvalArgs) -> Result<Device> {
+    parse_device(&args.device)
+}
+
+/// The VAE of the (Wan-layout) model folder `dir`.
+fn load_vae(dir: &Path, args: &EvalArgs) -> Result<AutoencoderKlWan> {
+    let cfg = AutoencoderKlWanConfig::from_file(dir.join("vae/config.json"))
+        .context("--reconstruct needs a Wan-layout model (vae/config.json)")?;
+    let weights = Weights::open(&dir.join("vae"), parse_dtype(&args.dtype)?, &device(args)?)?;
+    Ok(AutoencoderKlWan::new(&cfg, weights.var_builder())?)
+}
+
+/// `video` `(F, H, W, 3)` in [0, 1] encoded and decoded (posterior mean), same layout.
+fn round_trip(
+    vae: &AutoencoderKlWan,
+    video: &[f32],
+    spec: &WorldSpec,
+    dtype: DType,
+    device: &Device,
+) -> Result<Vec<f32>> {
+    let (f, h, w) = (spec.num_frames, spec.height, spec.width);
+    let pixels = Tensor::from_slice(video, (1, f, h, w, 3), device)?;
+    // b f h w c -> b c f h w, in [-1, 1]
+    let input = ((pixels * 2.0)? - 1.0)?
+        .permute((0, 4, 1, 2, 3))?
+        .contiguous()?
+        .to_dtype(dtype)?;
+    let decoded = vae.decode(&vae.encode(&input)?.mean)?;
+    // b c f h w -> f h w c, in [0, 1]
+    let frames = ((decoded
+        .to_dtype(DType::F32)?
+        .squeeze(0)?
+        .permute((1, 2, 3, 0))?
+        + 1.0)?
+        * 0.5)?;
+    Ok(frames.flatten_all()?.to_vec1::<f32>()?)
 }
 
 /// One video of `caption`: `(F, H, W, 3)` pixels and their sizes.

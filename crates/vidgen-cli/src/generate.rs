@@ -126,6 +126,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         fps: args.fps,
         decode_timestep: args.decode_timestep,
         decode_noise_scale: args.decode_noise_scale,
+        cancel: None,
     };
     let settings = pipeline.resolve(&request)?;
     eprintln!(

@@ -6,6 +6,7 @@ mod data;
 mod eval;
 mod generate;
 mod info;
+mod serve;
 mod train;
 
 use anyhow::Result;
@@ -37,6 +38,8 @@ enum Command {
     /// Write training data: clips of the procedural physics world.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Serve the OpenAI-compatible video API (/v1/videos), a job queue and a web page.
+    Serve(serve::ServeArgs),
     /// Score how well a model follows prompts of the world (colour, shape, motion, physics).
     Eval(eval::EvalArgs),
 }
@@ -58,6 +61,7 @@ fn main() {
         Command::Data(command) => data::run(command),
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -151,6 +151,13 @@ pub fn write(path: &Path, frames: &Frames) -> Result<()> {
     }
 }
 
+/// Writes `bytes` to `path` through a temporary file in the same folder (`.NAME.XXXXXX.tmp`),
+/// synced, then renamed over `path`: a crash leaves either the old file or the new one, never
+/// a part. The parent folder must exist.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    atomic::write_bytes(path, bytes)
+}
+
 /// Reads a video into `(F, H, W, 3)` f32 frames in [0, 1].
 ///
 /// * `.mp4` — the first H.264 video track, decoded with openh264; colours are converted

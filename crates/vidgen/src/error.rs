@@ -34,6 +34,9 @@ pub enum Error {
     /// A NaN or infinity appeared in latents or frames.
     #[error("non-finite values in {0}")]
     NonFinite(String),
+    /// The generation was cancelled through its request's cancel flag.
+    #[error("cancelled")]
+    Cancelled,
     /// An error from the tensor library.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -109,6 +109,38 @@ pub struct GenerateRequest {
     /// For timestep-conditioned VAE decoders (LTX): the decode timestep and noise scale.
     pub decode_timestep: Option<f64>,
     pub decode_noise_scale: Option<f64>,
+    /// Set from another thread to stop the generation after its current step
+    /// ([`Error::Cancelled`]).
+    pub cancel: Option<CancelFlag>,
+}
+
+/// A shared flag that asks a running generation to stop.
+#[derive(Debug, Clone, Default)]
+pub struct CancelFlag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl CancelFlag {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the generation to stop at its next step.
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl GenerateRequest {
+    /// [`Error::Cancelled`] once the request's cancel flag is set.
+    pub fn check_cancelled(&self) -> Result<()> {
+        match &self.cancel {
+            Some(flag) if flag.is_cancelled() => Err(Error::Cancelled),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The settings a generation actually ran with (defaults filled in).
@@ -166,7 +198,7 @@ pub struct Progress {
 }
 
 /// A text-to-video pipeline over a model folder.
-pub trait VideoPipeline {
+pub trait VideoPipeline: Send {
     /// The folder the model was loaded from (a snapshot folder for a cache path).
     fn dir(&self) -> &Path;
 
@@ -182,6 +214,13 @@ pub trait VideoPipeline {
         req: &GenerateRequest,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Generated>;
+
+    /// Builds every component now and keeps them loaded between calls (a server).
+    fn preload(&mut self) -> Result<()>;
+
+    /// A second handle on the same model: loaded weights are shared, not copied, so
+    /// [`Self::preload`] first. For several workers over one loaded model.
+    fn fork(&self) -> Box<dyn VideoPipeline>;
 }
 
 /// Opens the model folder `path` (or a Hugging Face cache folder holding one) as the pipeline

@@ -40,6 +40,7 @@ use crate::{Error, Result};
 pub const CLASS_NAME: &str = "CogVideoXPipeline";
 
 /// A CogVideoX 1.0 text-to-video pipeline over a diffusers model folder.
+#[derive(Clone)]
 pub struct CogVideoXPipeline {
     dir: PathBuf,
     opts: LoadOptions,
@@ -398,6 +399,7 @@ impl CogVideoXPipeline {
                 done: i + 1,
                 total: timesteps.len(),
             });
+            req.check_cancelled()?;
         }
         if !self.opts.keep_loaded {
             self.transformer = None;
@@ -428,16 +430,7 @@ impl CogVideoXPipeline {
     /// Prompts → `(B, L, D_txt)` T5 states computed without a mask, building the text encoder
     /// for the call only (unless `keep_loaded`).
     pub fn encode_text(&mut self, prompts: &[&str], max_len: usize) -> Result<Tensor> {
-        let model = match self.text_encoder.take() {
-            Some(model) => model,
-            None => {
-                let cfg = self.text_cfg.clone();
-                let dtype = text_encoder_dtype(&self.dir, self.opts.dtype)?;
-                build_component(&self.dir, "text_encoder", dtype, &self.opts.device, |vb| {
-                    T5EncoderModel::new(&cfg, vb)
-                })?
-            }
-        };
+        let model = self.take_text_encoder()?;
         let states = encode_prompts_unmasked(&self.tokenizer, &model, prompts, max_len)?;
         if self.opts.keep_loaded {
             self.text_encoder = Some(model);
@@ -452,15 +445,7 @@ impl CogVideoXPipeline {
         latents: &Tensor,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Tensor> {
-        let vae = match self.vae.take() {
-            Some(vae) => vae,
-            None => {
-                let cfg = self.vae_cfg.clone();
-                build_component(&self.dir, "vae", self.opts.dtype, &self.opts.device, |vb| {
-                    AutoencoderKlCogVideoX::new(&cfg, vb)
-                })?
-            }
-        };
+        let vae = self.take_vae()?;
         let z = vae.latents_for_decode(&latents.to_dtype(self.opts.dtype)?)?;
         let total = z.dim(2)?;
         let video = vae.decode_with_progress(&z, &mut |done, _| {
@@ -474,6 +459,40 @@ impl CogVideoXPipeline {
             self.vae = Some(vae);
         }
         video_to_frames(&video)
+    }
+
+    /// The text encoder, built now unless it is loaded (the caller puts it back).
+    fn take_text_encoder(&mut self) -> Result<T5EncoderModel> {
+        if let Some(model) = self.text_encoder.take() {
+            return Ok(model);
+        }
+        let cfg = self.text_cfg.clone();
+        let dtype = text_encoder_dtype(&self.dir, self.opts.dtype)?;
+        build_component(&self.dir, "text_encoder", dtype, &self.opts.device, |vb| {
+            T5EncoderModel::new(&cfg, vb)
+        })
+    }
+
+    /// The VAE, built now unless it is loaded (the caller puts it back).
+    fn take_vae(&mut self) -> Result<AutoencoderKlCogVideoX> {
+        if let Some(vae) = self.vae.take() {
+            return Ok(vae);
+        }
+        let cfg = self.vae_cfg.clone();
+        build_component(&self.dir, "vae", self.opts.dtype, &self.opts.device, |vb| {
+            AutoencoderKlCogVideoX::new(&cfg, vb)
+        })
+    }
+
+    /// Builds every component now and keeps them loaded.
+    pub fn preload(&mut self) -> Result<()> {
+        self.opts.keep_loaded = true;
+        let text_encoder = self.take_text_encoder()?;
+        self.text_encoder = Some(text_encoder);
+        let vae = self.take_vae()?;
+        self.vae = Some(vae);
+        self.transformer()?;
+        Ok(())
     }
 
     fn transformer(&mut self) -> Result<&CogVideoXTransformer3D> {
@@ -492,6 +511,14 @@ impl CogVideoXPipeline {
 }
 
 impl VideoPipeline for CogVideoXPipeline {
+    fn preload(&mut self) -> Result<()> {
+        CogVideoXPipeline::preload(self)
+    }
+
+    fn fork(&self) -> Box<dyn VideoPipeline> {
+        Box::new(self.clone())
+    }
+
     fn dir(&self) -> &Path {
         CogVideoXPipeline::dir(self)
     }

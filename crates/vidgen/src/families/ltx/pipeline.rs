@@ -53,6 +53,7 @@ pub fn ltx_defaults() -> ModelDefaults {
 }
 
 /// An LTX-Video text-to-video pipeline over a diffusers model folder.
+#[derive(Clone)]
 pub struct LtxPipeline {
     dir: PathBuf,
     opts: LoadOptions,
@@ -297,16 +298,7 @@ impl LtxPipeline {
     /// Prompts → `(B, L, D_txt)` T5 states (unmasked, padded rows kept) and their `(B, L)`
     /// token masks, building the text encoder for the call only (unless `keep_loaded`).
     pub fn encode_text(&mut self, prompts: &[&str], max_len: usize) -> Result<PromptEmbeds> {
-        let model = match self.text_encoder.take() {
-            Some(model) => model,
-            None => {
-                let cfg = self.text_cfg.clone();
-                let dtype = text_encoder_dtype(&self.dir, self.opts.dtype)?;
-                build_component(&self.dir, "text_encoder", dtype, &self.opts.device, |vb| {
-                    T5EncoderModel::new(&cfg, vb)
-                })?
-            }
-        };
+        let model = self.take_text_encoder()?;
         let embeds = encode_prompts_unmasked(&self.tokenizer, &model, prompts, max_len)?;
         if self.opts.keep_loaded {
             self.text_encoder = Some(model);
@@ -386,6 +378,7 @@ impl LtxPipeline {
                 done: i + 1,
                 total: timesteps.len(),
             });
+            req.check_cancelled()?;
         }
         if !self.opts.keep_loaded {
             self.transformer = None;
@@ -406,15 +399,7 @@ impl LtxPipeline {
         decode_noise_scale: Option<f64>,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Tensor> {
-        let vae = match self.vae.take() {
-            Some(vae) => vae,
-            None => {
-                let cfg = self.vae_cfg.clone();
-                build_component(&self.dir, "vae", self.opts.dtype, &self.opts.device, |vb| {
-                    AutoencoderKlLtxVideo::new(&cfg, vb)
-                })?
-            }
-        };
+        let vae = self.take_vae()?;
         let grid = self.latent_grid(settings);
         let latents = unpack_latents(&packed.to_dtype(DType::F32)?, grid)?;
         let mut z = vae.denormalize_latents(&latents)?;
@@ -475,6 +460,40 @@ impl LtxPipeline {
         })
     }
 
+    /// The text encoder, built now unless it is loaded (the caller puts it back).
+    fn take_text_encoder(&mut self) -> Result<T5EncoderModel> {
+        if let Some(model) = self.text_encoder.take() {
+            return Ok(model);
+        }
+        let cfg = self.text_cfg.clone();
+        let dtype = text_encoder_dtype(&self.dir, self.opts.dtype)?;
+        build_component(&self.dir, "text_encoder", dtype, &self.opts.device, |vb| {
+            T5EncoderModel::new(&cfg, vb)
+        })
+    }
+
+    /// The VAE, built now unless it is loaded (the caller puts it back).
+    fn take_vae(&mut self) -> Result<AutoencoderKlLtxVideo> {
+        if let Some(vae) = self.vae.take() {
+            return Ok(vae);
+        }
+        let cfg = self.vae_cfg.clone();
+        build_component(&self.dir, "vae", self.opts.dtype, &self.opts.device, |vb| {
+            AutoencoderKlLtxVideo::new(&cfg, vb)
+        })
+    }
+
+    /// Builds every component now and keeps them loaded.
+    pub fn preload(&mut self) -> Result<()> {
+        self.opts.keep_loaded = true;
+        let text_encoder = self.take_text_encoder()?;
+        self.text_encoder = Some(text_encoder);
+        let vae = self.take_vae()?;
+        self.vae = Some(vae);
+        self.transformer()?;
+        Ok(())
+    }
+
     fn transformer(&mut self) -> Result<&LtxVideoTransformer3D> {
         if self.transformer.is_none() {
             let cfg = self.transformer_cfg.clone();
@@ -519,6 +538,14 @@ pub fn unpack_latents(packed: &Tensor, grid: (usize, usize, usize)) -> candle_co
 }
 
 impl VideoPipeline for LtxPipeline {
+    fn preload(&mut self) -> Result<()> {
+        LtxPipeline::preload(self)
+    }
+
+    fn fork(&self) -> Box<dyn VideoPipeline> {
+        Box::new(self.clone())
+    }
+
     fn dir(&self) -> &Path {
         LtxPipeline::dir(self)
     }

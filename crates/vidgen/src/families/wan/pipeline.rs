@@ -23,6 +23,7 @@ use crate::text::{encode_prompts, PromptTokenizer, Umt5Config, Umt5EncoderModel}
 use crate::{Error, Result};
 
 /// A Wan-architecture text-to-video pipeline over a diffusers model folder.
+#[derive(Clone)]
 pub struct WanPipeline {
     dir: PathBuf,
     opts: LoadOptions,
@@ -329,6 +330,7 @@ impl WanPipeline {
                 done: i + 1,
                 total: timesteps.len(),
             });
+            req.check_cancelled()?;
         }
         if !self.opts.keep_loaded {
             self.transformer = None;
@@ -350,16 +352,7 @@ impl WanPipeline {
     /// Prompts → `(B, L, D_txt)` text states, building the text encoder for the call only
     /// (unless `keep_loaded`).
     pub fn encode_text(&mut self, prompts: &[&str], max_len: usize) -> Result<Tensor> {
-        let model = match self.text_encoder.take() {
-            Some(model) => model,
-            None => {
-                let cfg = self.text_cfg.clone();
-                let dtype = text_encoder_dtype(&self.dir, self.opts.dtype)?;
-                build_component(&self.dir, "text_encoder", dtype, &self.opts.device, |vb| {
-                    Umt5EncoderModel::new(&cfg, vb)
-                })?
-            }
-        };
+        let model = self.take_text_encoder()?;
         let states = encode_prompts(&self.tokenizer, &model, prompts, max_len)?;
         if self.opts.keep_loaded {
             self.text_encoder = Some(model);
@@ -373,15 +366,7 @@ impl WanPipeline {
         latents: &Tensor,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Tensor> {
-        let vae = match self.vae.take() {
-            Some(vae) => vae,
-            None => {
-                let cfg = self.vae_cfg.clone();
-                build_component(&self.dir, "vae", self.opts.dtype, &self.opts.device, |vb| {
-                    AutoencoderKlWan::new(&cfg, vb)
-                })?
-            }
-        };
+        let vae = self.take_vae()?;
         let z = vae.denormalize_latents(&latents.to_dtype(self.opts.dtype)?)?;
         let total = latents.dim(2)?;
         let video = vae.decode_with_progress(&z, &mut |done, _| {
@@ -395,6 +380,40 @@ impl WanPipeline {
             self.vae = Some(vae);
         }
         video_to_frames(&video)
+    }
+
+    /// The text encoder, built now unless it is loaded (the caller puts it back).
+    fn take_text_encoder(&mut self) -> Result<Umt5EncoderModel> {
+        if let Some(model) = self.text_encoder.take() {
+            return Ok(model);
+        }
+        let cfg = self.text_cfg.clone();
+        let dtype = text_encoder_dtype(&self.dir, self.opts.dtype)?;
+        build_component(&self.dir, "text_encoder", dtype, &self.opts.device, |vb| {
+            Umt5EncoderModel::new(&cfg, vb)
+        })
+    }
+
+    /// The VAE, built now unless it is loaded (the caller puts it back).
+    fn take_vae(&mut self) -> Result<AutoencoderKlWan> {
+        if let Some(vae) = self.vae.take() {
+            return Ok(vae);
+        }
+        let cfg = self.vae_cfg.clone();
+        build_component(&self.dir, "vae", self.opts.dtype, &self.opts.device, |vb| {
+            AutoencoderKlWan::new(&cfg, vb)
+        })
+    }
+
+    /// Builds every component now and keeps them loaded.
+    pub fn preload(&mut self) -> Result<()> {
+        self.opts.keep_loaded = true;
+        let text_encoder = self.take_text_encoder()?;
+        self.text_encoder = Some(text_encoder);
+        let vae = self.take_vae()?;
+        self.vae = Some(vae);
+        self.transformer()?;
+        Ok(())
     }
 
     fn transformer(&mut self) -> Result<&WanTransformer3D> {
@@ -420,6 +439,14 @@ pub fn vae_scale_factors(cfg: &AutoencoderKlWanConfig) -> (usize, usize) {
 }
 
 impl VideoPipeline for WanPipeline {
+    fn preload(&mut self) -> Result<()> {
+        WanPipeline::preload(self)
+    }
+
+    fn fork(&self) -> Box<dyn VideoPipeline> {
+        Box::new(self.clone())
+    }
+
     fn dir(&self) -> &Path {
         WanPipeline::dir(self)
     }
