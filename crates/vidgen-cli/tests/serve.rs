@@ -404,3 +404,30 @@ fn errors_name_the_field_and_never_a_path() {
     let events = String::from_utf8_lossy(&events);
     assert!(events.contains("event: video") && events.contains("\"status\":\"completed\""));
 }
+
+#[test]
+fn two_workers_run_two_jobs_at_once_on_one_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"), &["--workers", "2"]);
+    let a = server.create(json!({"prompt": "a red ball", "steps": 1000}));
+    let b = server.create(json!({"prompt": "a blue ball", "steps": 1000}));
+    server.wait_until(Duration::from_secs(60), || {
+        server.video(&a)["status"] == "in_progress" && server.video(&b)["status"] == "in_progress"
+    });
+    let (_, _, metrics) = server.request("GET", "/metrics", None, &[]);
+    assert!(String::from_utf8(metrics)
+        .unwrap()
+        .contains("vidgen_workers_busy 2"));
+    for id in [&a, &b] {
+        assert_eq!(
+            server.json("DELETE", &format!("/v1/videos/{id}"), None).0,
+            200
+        );
+    }
+    server.wait_until(Duration::from_secs(60), || {
+        let (_, _, metrics) = server.request("GET", "/metrics", None, &[]);
+        String::from_utf8(metrics)
+            .unwrap()
+            .contains("vidgen_jobs_cancelled_total 2")
+    });
+}
