@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use vidgen::pipeline::{GenerateRequest, LoadOptions, Stage};
@@ -65,6 +65,18 @@ pub struct GenerateArgs {
     /// --frames/--height/--width giving the grid).
     #[arg(long)]
     pub latents: Option<PathBuf>,
+    /// Video-to-video: the input video (.mp4, .gif, .png or a folder of numbered pngs), resized
+    /// to the output size; its first 1 + 4k frames are used (Wan: SDEdit, as diffusers'
+    /// WanVideoToVideoPipeline). With --latents, those are the noise mixed into it.
+    #[arg(long, conflicts_with = "image")]
+    pub video: Option<PathBuf>,
+    /// With --video: how much to change it, in (0, 1]; the last ⌊steps × strength⌋ steps run.
+    /// Default 0.8.
+    #[arg(long, requires = "video")]
+    pub strength: Option<f64>,
+    /// Image-to-video: the first frame (.png, .jpg, .webp), for models that do image-to-video.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
     /// Output file: .mp4, .gif, or .png (then a folder of numbered frames is written next to it).
     #[arg(short, long, default_value = "video.mp4")]
     pub output: PathBuf,
@@ -89,6 +101,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let device = parse_device(&args.device)?;
     let latents = match &args.latents {
         Some(path) => Some(load_latents(path)?),
+        None => None,
+    };
+    let video = match &args.video {
+        Some(path) => Some(load_input_video(path)?),
+        None => None,
+    };
+    let image = match &args.image {
+        Some(path) => Some(load_input_image(path)?),
         None => None,
     };
 
@@ -127,6 +147,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         decode_timestep: args.decode_timestep,
         decode_noise_scale: args.decode_noise_scale,
         cancel: None,
+        video,
+        strength: args.strength,
+        image,
     };
     let settings = pipeline.resolve(&request)?;
     eprintln!(
@@ -173,6 +196,62 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         sidecar.display()
     );
     Ok(())
+}
+
+/// Largest input frame side, and most input frames, checked from the file's header before
+/// anything is decoded.
+const MAX_INPUT_SIDE: usize = 8192;
+const MAX_INPUT_FRAMES: usize = 2048;
+
+fn check_input_size(path: &Path, frames: Option<usize>, height: usize, width: usize) -> Result<()> {
+    if height == 0 || width == 0 || height > MAX_INPUT_SIDE || width > MAX_INPUT_SIDE {
+        bail!(
+            "{}: {width}x{height} frames; inputs may be at most {MAX_INPUT_SIDE} pixels a side",
+            path.display()
+        );
+    }
+    if frames.is_some_and(|f| f > MAX_INPUT_FRAMES) {
+        bail!(
+            "{}: {} frames; inputs may have at most {MAX_INPUT_FRAMES}",
+            path.display(),
+            frames.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// An input video as `(F, H, W, 3)` f32 in [0, 1].
+fn load_input_video(path: &Path) -> Result<Tensor> {
+    let (frames, height, width) =
+        vidgen_video::probe(path).with_context(|| format!("--video {}", path.display()))?;
+    check_input_size(path, frames, height, width)?;
+    let video = vidgen_video::read(path).with_context(|| format!("--video {}", path.display()))?;
+    check_input_size(path, Some(video.frames), video.height, video.width)?;
+    let shape = (video.frames, video.height, video.width, 3);
+    Ok(Tensor::from_vec(video.data, shape, &Device::Cpu)?)
+}
+
+/// An input image as `(H, W, 3)` f32 in [0, 1] (alpha dropped).
+fn load_input_image(path: &Path) -> Result<Tensor> {
+    let reader = image::ImageReader::open(path)
+        .with_context(|| format!("--image {}", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("--image {}", path.display()))?;
+    let (w, h) = reader
+        .into_dimensions()
+        .with_context(|| format!("--image {}: not a readable image", path.display()))?;
+    check_input_size(path, Some(1), h as usize, w as usize)?;
+    let decoded = image::ImageReader::open(path)?
+        .with_guessed_format()?
+        .decode()
+        .with_context(|| format!("--image {}: not a readable image", path.display()))?
+        .into_rgb32f();
+    let (w, h) = (decoded.width() as usize, decoded.height() as usize);
+    Ok(Tensor::from_vec(
+        decoded.into_raw(),
+        (h, w, 3),
+        &Device::Cpu,
+    )?)
 }
 
 /// Progress bars for the denoising steps and the VAE decode.

@@ -404,3 +404,107 @@ fn a_hugging_face_cache_folder_works_as_model() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(out.is_file());
 }
+
+#[test]
+fn video_to_video_matches_diffusers_through_the_cli() {
+    // the input: the v2v fixture's 10 frames (8-bit values) as a folder of pngs, lossless
+    let tmp = tempfile::tempdir().unwrap();
+    let refs = candle_core::safetensors::load(
+        fixture().join("../wan_v2v/reference.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let input = &refs["input_frames"];
+    let (f, h, w, _) = input.dims4().unwrap();
+    let frames = vidgen_video::Frames::new(
+        f,
+        h,
+        w,
+        8.0,
+        input.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+    )
+    .unwrap();
+    vidgen_video::write(&tmp.path().join("input.png"), &frames).unwrap();
+    let noise = tmp.path().join("noise.safetensors");
+    save_latents(&noise, &refs["unipc.noise"]);
+    let saved = tmp.path().join("frames.safetensors");
+    let o = vidgen(&[
+        "generate",
+        "A red  ball &amp; a blue box bounce",
+        "--negative-prompt",
+        "blurry, static",
+        "--model",
+        fixture().join("pipeline").to_str().unwrap(),
+        "--video",
+        tmp.path().join("input").to_str().unwrap(),
+        "--strength",
+        "0.6",
+        "--latents",
+        noise.to_str().unwrap(),
+        "--steps",
+        "5",
+        "--guidance",
+        "4.5",
+        "--max-sequence-length",
+        "24",
+        "--height",
+        "32",
+        "--width",
+        "48",
+        "--save-frames",
+        saved.to_str().unwrap(),
+        "-o",
+        tmp.path().join("out.mp4").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = candle_core::safetensors::load(&saved, &Device::Cpu).unwrap()["frames"].clone();
+    let want = &refs["unipc.frames"];
+    let err = (got - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    println!("video-to-video: frames max abs error {err:e}");
+    assert!(err <= 2e-3, "video-to-video: frames max abs error {err}");
+
+    // image-to-video on a model that does not do it: the modes it does are named
+    let image = tmp.path().join("first.png");
+    vidgen_video::write(&image, &frames).unwrap();
+    let o = vidgen(&[
+        "generate",
+        "a ball",
+        "--model",
+        fixture().join("pipeline").to_str().unwrap(),
+        "--image",
+        image.to_str().unwrap(),
+        "-o",
+        tmp.path().join("i2v.mp4").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("image-to-video") && stderr.contains("video-to-video"),
+        "{stderr}"
+    );
+    // a file that is not a video
+    let bogus = tmp.path().join("bogus.mp4");
+    std::fs::write(&bogus, b"not a video").unwrap();
+    let o = vidgen(&[
+        "generate",
+        "a ball",
+        "--model",
+        fixture().join("pipeline").to_str().unwrap(),
+        "--video",
+        bogus.to_str().unwrap(),
+        "-o",
+        tmp.path().join("v2v.mp4").to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && stderr.contains("--video"),
+        "{stderr}"
+    );
+}

@@ -214,6 +214,15 @@ pub(crate) fn write_gif(path: &Path, frames: &Frames) -> Result<()> {
 
 /// Reads a gif, compositing each frame over the canvas the way browsers show it; fps is the
 /// frame count over the total delay (delays under 2 cs count as 10 cs, as browsers play them).
+/// `(height, width)` of the gif's canvas, from its header.
+pub(crate) fn probe_gif(path: &Path) -> Result<(usize, usize)> {
+    let file = File::open(path).map_err(io_error(path))?;
+    let decoder = DecodeOptions::new()
+        .read_info(BufReader::new(file))
+        .map_err(|e| decode_error(path, format!("not a readable gif ({e})")))?;
+    Ok((usize::from(decoder.height()), usize::from(decoder.width())))
+}
+
 pub(crate) fn read_gif(path: &Path) -> Result<Frames> {
     let file = File::open(path).map_err(io_error(path))?;
     let mut options = DecodeOptions::new();

@@ -177,6 +177,20 @@ pub fn read(path: &Path) -> Result<Frames> {
     }
 }
 
+/// `(frames, height, width)` of a video file (or png folder) that [`read`] takes, from its
+/// header alone — to check sizes before decoding. `frames` is `None` where the header does not
+/// say (gif).
+pub fn probe(path: &Path) -> Result<(Option<usize>, usize, usize)> {
+    if path.is_dir() {
+        return png::probe_png_folder(path);
+    }
+    match format_of(path)? {
+        Format::Mp4 => mp4::probe_mp4(path),
+        Format::Gif => gif::probe_gif(path).map(|(h, w)| (None, h, w)),
+        Format::Png => png::probe_image(path).map(|(h, w)| (Some(1), h, w)),
+    }
+}
+
 /// An [`Error::Io`] for `path`.
 pub(crate) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {

@@ -209,6 +209,27 @@ fn set_single_sample_duration(data: &mut [u8], ticks: u32) -> std::result::Resul
 }
 
 /// Reads the first H.264 video track of an mp4 (see [`crate::read`]).
+/// `(frames, height, width)` of the first video track, from the header alone.
+pub(crate) fn probe_mp4(path: &Path) -> Result<(Option<usize>, usize, usize)> {
+    let mut file = File::open(path).map_err(io_error(path))?;
+    let size = file.metadata().map_err(io_error(path))?.len();
+    check_top_level_boxes(&mut file, size).map_err(|e| decode_error(path, e))?;
+    let reader = ::mp4::Mp4Reader::read_header(BufReader::new(file), size)
+        .map_err(|e| decode_error(path, format!("not a readable mp4 ({e})")))?;
+    let track = reader
+        .tracks()
+        .iter()
+        .filter(|(_, t)| matches!(t.track_type(), Ok(::mp4::TrackType::Video)))
+        .min_by_key(|(&id, _)| id)
+        .map(|(_, t)| t)
+        .ok_or_else(|| decode_error(path, "the file has no video track"))?;
+    Ok((
+        Some(track.sample_count() as usize),
+        usize::from(track.height()),
+        usize::from(track.width()),
+    ))
+}
+
 pub(crate) fn read_mp4(path: &Path) -> Result<Frames> {
     let mut file = File::open(path).map_err(io_error(path))?;
     let size = file.metadata().map_err(io_error(path))?.len();

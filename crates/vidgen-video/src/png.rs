@@ -105,6 +105,37 @@ fn read_image(path: &Path) -> Result<(usize, usize, Vec<f32>)> {
     Ok((height, width, rgb.into_raw()))
 }
 
+/// `(height, width)` of an image file, from its header.
+pub(crate) fn probe_image(path: &Path) -> Result<(usize, usize)> {
+    let (w, h) = ImageReader::open(path)
+        .map_err(io_error(path))?
+        .with_guessed_format()
+        .map_err(io_error(path))?
+        .into_dimensions()
+        .map_err(|e| decode_error(path, format!("not a readable image ({e})")))?;
+    Ok((h as usize, w as usize))
+}
+
+/// `(frames, height, width)` of a folder of numbered pngs: their count and the first's size.
+pub(crate) fn probe_png_folder(folder: &Path) -> Result<(Option<usize>, usize, usize)> {
+    let mut first: Option<(u128, PathBuf)> = None;
+    let mut count = 0;
+    for entry in fs::read_dir(folder).map_err(io_error(folder))? {
+        let entry = entry.map_err(io_error(folder))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_numbered_png(&name) {
+            count += 1;
+            let number = name.trim_end_matches(".png").parse().unwrap_or(u128::MAX);
+            if first.as_ref().is_none_or(|(n, _)| number < *n) {
+                first = Some((number, entry.path()));
+            }
+        }
+    }
+    let (_, path) = first.ok_or_else(|| decode_error(folder, "no numbered .png frames"))?;
+    let (h, w) = probe_image(&path)?;
+    Ok((Some(count), h, w))
+}
+
 /// Reads one png as a one-frame video at [`DEFAULT_FPS`].
 pub(crate) fn read_png(path: &Path) -> Result<Frames> {
     let (height, width, data) = read_image(path)?;

@@ -112,6 +112,54 @@ pub struct GenerateRequest {
     /// Set from another thread to stop the generation after its current step
     /// ([`Error::Cancelled`]).
     pub cancel: Option<CancelFlag>,
+    /// Video-to-video: the input video `(F, H, W, 3)` f32 in [0, 1], at any size (resized to
+    /// the requested one). It is encoded, noised to the level `strength` names and denoised
+    /// from there; `latents` are then the noise mixed in. Families without the mode refuse it.
+    pub video: Option<Tensor>,
+    /// With `video`: how much to change it, in (0, 1]; the last `⌊steps · strength⌋` steps
+    /// run. Default 0.8 (diffusers').
+    pub strength: Option<f64>,
+    /// Image-to-video: the first frame `(H, W, 3)` f32 in [0, 1]. Families without the mode
+    /// refuse it.
+    pub image: Option<Tensor>,
+}
+
+/// diffusers' default `strength` for video-to-video.
+pub const DEFAULT_STRENGTH: f64 = 0.8;
+
+impl GenerateRequest {
+    /// The generation modes a request asks for, by name, for error messages.
+    pub fn mode(&self) -> &'static str {
+        match (&self.video, &self.image) {
+            (Some(_), _) => "video-to-video",
+            (None, Some(_)) => "image-to-video",
+            (None, None) => "text-to-video",
+        }
+    }
+
+    /// An error unless the request's mode is among `supported` (by [`Self::mode`]'s names);
+    /// `family` names the model in the message.
+    pub fn check_mode(&self, family: &str, supported: &[&str]) -> Result<()> {
+        if self.video.is_some() && self.image.is_some() {
+            return Err(Error::InvalidRequest(
+                "give an input video or an input image, not both".into(),
+            ));
+        }
+        if self.strength.is_some() && self.video.is_none() {
+            return Err(Error::InvalidRequest(
+                "strength applies to video-to-video (an input video)".into(),
+            ));
+        }
+        let mode = self.mode();
+        if supported.contains(&mode) {
+            Ok(())
+        } else {
+            Err(Error::InvalidRequest(format!(
+                "{family} models do not do {mode}; they do: {}",
+                supported.join(", ")
+            )))
+        }
+    }
 }
 
 /// A shared flag that asks a running generation to stop.
@@ -157,6 +205,9 @@ pub struct Settings {
     pub max_sequence_length: usize,
     pub fps: u32,
     pub scheduler: String,
+    /// Video-to-video: how much of the input was repainted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strength: Option<f64>,
 }
 
 /// A finished generation.
@@ -221,6 +272,92 @@ pub trait VideoPipeline: Send {
     /// A second handle on the same model: loaded weights are shared, not copied, so
     /// [`Self::preload`] first. For several workers over one loaded model.
     fn fork(&self) -> Box<dyn VideoPipeline>;
+}
+
+/// Checks an input video `(F, H, W, 3)` and returns `F`.
+pub fn input_video_frames(video: &Tensor) -> Result<usize> {
+    match video.dims() {
+        &[f, h, w, 3] if f > 0 && h > 0 && w > 0 => Ok(f),
+        other => Err(Error::InvalidRequest(format!(
+            "an input video must be (frames, height, width, 3) with no empty side, got {other:?}"
+        ))),
+    }
+}
+
+/// The strength of a video-to-video request: given or [`DEFAULT_STRENGTH`], checked to be in
+/// (0, 1] and to leave at least one of `steps` steps to run.
+pub fn check_strength(strength: Option<f64>, steps: usize) -> Result<f64> {
+    let s = strength.unwrap_or(DEFAULT_STRENGTH);
+    if !(s.is_finite() && s > 0.0 && s <= 1.0) {
+        return Err(Error::InvalidRequest(format!(
+            "strength must be in (0, 1] (1 repaints everything), got {s}"
+        )));
+    }
+    if (steps as f64 * s) < 1.0 {
+        return Err(Error::InvalidRequest(format!(
+            "strength {s} of {steps} steps runs no step (⌊steps × strength⌋ = 0); raise either"
+        )));
+    }
+    Ok(s)
+}
+
+/// The timesteps video-to-video runs: the last `⌊n · strength⌋` of the schedule's `n`, as
+/// diffusers' `get_timesteps` keeps them.
+pub fn strength_timesteps(timesteps: &[f64], strength: f64) -> Result<Vec<f64>> {
+    let n = timesteps.len();
+    let keep = ((n as f64 * strength) as usize).min(n);
+    if keep == 0 {
+        return Err(Error::InvalidRequest(format!(
+            "strength {strength} of {n} steps runs no step; raise either"
+        )));
+    }
+    Ok(timesteps[n - keep..].to_vec())
+}
+
+/// An input video `(F, H, W, 3)` in [0, 1] as a VAE takes it: `(1, 3, frames, height, width)`
+/// in [-1, 1], f32 on `device`, from its first `frames` frames, each resized to `height ×
+/// width` (Lanczos-3, as diffusers' image processor resizes PIL frames; the aspect ratio is not
+/// kept) when its size differs.
+pub fn video_to_vae_input(
+    video: &Tensor,
+    frames: usize,
+    height: usize,
+    width: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let available = input_video_frames(video)?;
+    if frames > available {
+        return Err(Error::InvalidRequest(format!(
+            "{frames} frames asked of an input video of {available}"
+        )));
+    }
+    let (_, h, w, _) = video.dims4()?;
+    let video = video.narrow(0, 0, frames)?.to_dtype(DType::F32)?;
+    let video = if (h, w) == (height, width) {
+        video
+    } else {
+        let data = video.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = Vec::with_capacity(frames * height * width * 3);
+        for frame in data.chunks_exact(h * w * 3) {
+            let img = image::Rgb32FImage::from_raw(w as u32, h as u32, frame.to_vec())
+                .expect("the frame's length is h·w·3");
+            let resized = image::imageops::resize(
+                &img,
+                width as u32,
+                height as u32,
+                image::imageops::FilterType::Lanczos3,
+            );
+            out.extend(resized.into_raw().into_iter().map(|v| v.clamp(0.0, 1.0)));
+        }
+        Tensor::from_vec(out, (frames, height, width, 3), &Device::Cpu)?
+    };
+    // f h w c -> 1 c f h w, [0, 1] -> [-1, 1]
+    let x = video
+        .to_device(device)?
+        .permute((3, 0, 1, 2))?
+        .unsqueeze(0)?
+        .contiguous()?;
+    Ok(((x * 2.0)? - 1.0)?)
 }
 
 /// Opens the model folder `path` (or a Hugging Face cache folder holding one) as the pipeline

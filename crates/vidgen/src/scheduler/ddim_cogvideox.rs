@@ -227,6 +227,23 @@ impl CogVideoXSchedule {
     }
 
     /// `ᾱ` of every training timestep (f64; f32 values unless the schedule is f64).
+    /// `√ᾱ_t · original + √(1 − ᾱ_t) · noise` (DDPM's `add_noise`, in f32).
+    pub(crate) fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        timestep: f64,
+    ) -> candle_core::Result<Tensor> {
+        let ab = usize::try_from(timestep as i64)
+            .ok()
+            .and_then(|t| self.alphas_cumprod.get(t))
+            .ok_or_else(|| {
+                candle_core::Error::Msg(format!("add_noise: no training timestep {timestep}"))
+            })?;
+        let ab = *ab as f32;
+        super::mix(original, ab.sqrt(), noise, (1.0 - ab).sqrt())
+    }
+
     pub(crate) fn alphas_cumprod(&self) -> &[f64] {
         &self.alphas_cumprod
     }
@@ -444,6 +461,16 @@ impl Scheduler for CogVideoXDDIMScheduler {
 
     fn init_noise_sigma(&self) -> f64 {
         1.0
+    }
+
+    /// `√ᾱ_t · original + √(1 − ᾱ_t) · noise` at the training timestep `timestep`.
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        timestep: f64,
+    ) -> candle_core::Result<Tensor> {
+        self.schedule.add_noise(original, noise, timestep)
     }
 
     fn set_shift(&mut self, _shift: f64) -> Result<()> {

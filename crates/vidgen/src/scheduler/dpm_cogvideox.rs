@@ -172,6 +172,16 @@ impl Scheduler for CogVideoXDPMScheduler {
         1.0
     }
 
+    /// `√ᾱ_t · original + √(1 − ᾱ_t) · noise` at the training timestep `timestep`.
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        timestep: f64,
+    ) -> candle_core::Result<Tensor> {
+        self.schedule.add_noise(original, noise, timestep)
+    }
+
     fn set_shift(&mut self, _shift: f64) -> Result<()> {
         Err(Error::InvalidRequest(format!(
             "{} has no flow shift (its SNR shift is the config's snr_shift_scale)",

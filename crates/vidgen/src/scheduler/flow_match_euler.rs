@@ -330,6 +330,18 @@ impl Scheduler for FlowMatchEulerDiscreteScheduler {
         1.0
     }
 
+    /// diffusers' `scale_noise`: `σ · noise + (1 − σ) · original`.
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        timestep: f64,
+    ) -> candle_core::Result<Tensor> {
+        let index = super::noise_index(self.timesteps(), timestep)?;
+        let sigma = self.sigmas()[index] as f32;
+        super::mix(original, 1.0 - sigma, noise, sigma)
+    }
+
     fn set_shift(&mut self, shift: f64) -> Result<()> {
         if self.config.use_dynamic_shifting {
             return Err(Error::InvalidRequest(format!(

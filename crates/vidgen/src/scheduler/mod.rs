@@ -87,6 +87,16 @@ pub trait Scheduler: Send {
     /// Multiplier of the initial noise (1.0 for flow models and for UniPC).
     fn init_noise_sigma(&self) -> f64;
 
+    /// `original` noised to the level of `timestep` (an entry of `timesteps()`), as diffusers'
+    /// `add_noise` (flow-match Euler: `scale_noise`) does it: where video-to-video starts.
+    /// Computed in f32, returned in `original`'s dtype.
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        timestep: f64,
+    ) -> candle_core::Result<Tensor>;
+
     /// Overrides the config's `shift` / `flow_shift` (e.g. a pipeline's or user's flow shift);
     /// takes effect at the next `set_timesteps`. An error where the scheduler has no such
     /// setting in its current configuration.
@@ -231,6 +241,24 @@ pub(crate) fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
         *last = stop;
     }
     values
+}
+
+/// `a · original + b · noise` in f32, returned in `original`'s dtype.
+fn mix(original: &Tensor, a: f32, noise: &Tensor, b: f32) -> candle_core::Result<Tensor> {
+    let dtype = original.dtype();
+    let x = original.to_dtype(candle_core::DType::F32)?;
+    let n = noise.to_dtype(candle_core::DType::F32)?;
+    (x.affine(a as f64, 0.0)? + n.affine(b as f64, 0.0)?)?.to_dtype(dtype)
+}
+
+/// The index of `timestep` in `timesteps` for [`Scheduler::add_noise`], as the reference's
+/// `index_for_timestep` picks it.
+fn noise_index(timesteps: &[f64], timestep: f64) -> candle_core::Result<usize> {
+    initial_step_index(timesteps, timestep).ok_or_else(|| {
+        candle_core::Error::Msg(format!(
+            "add_noise: timestep {timestep} is not in the schedule (call set_timesteps first)"
+        ))
+    })
 }
 
 /// The step index the reference starts from, given the first timestep passed to `step`: the

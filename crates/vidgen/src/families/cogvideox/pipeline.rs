@@ -183,6 +183,7 @@ impl CogVideoXPipeline {
 
     /// Fills in defaults and checks every size and setting before any heavy work.
     pub fn resolve(&self, req: &GenerateRequest) -> Result<Settings> {
+        req.check_mode("CogVideoX", &["text-to-video"])?;
         let d = &self.defaults;
         let cfg = &self.transformer_cfg;
         let (tf, sf) = self.vae_scale_factors();
@@ -225,6 +226,7 @@ impl CogVideoXPipeline {
             max_sequence_length: req.max_sequence_length.unwrap_or(d.max_sequence_length),
             fps: req.fps.unwrap_or(d.fps),
             scheduler: self.scheduler_class.clone(),
+            strength: None,
         };
         if req.decode_timestep.is_some() || req.decode_noise_scale.is_some() {
             return bad(

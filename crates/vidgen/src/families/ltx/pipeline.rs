@@ -200,6 +200,7 @@ impl LtxPipeline {
 
     /// Fills in defaults and checks every size and setting before any heavy work.
     pub fn resolve(&self, req: &GenerateRequest) -> Result<Settings> {
+        req.check_mode("LTX-Video", &["text-to-video"])?;
         let d = &self.defaults;
         let (tf, sf) = self.vae_scale_factors();
         let settings = Settings {
@@ -217,6 +218,7 @@ impl LtxPipeline {
             max_sequence_length: req.max_sequence_length.unwrap_or(d.max_sequence_length),
             fps: req.fps.unwrap_or(d.fps),
             scheduler: FlowMatchEulerDiscreteScheduler::CLASS_NAME.into(),
+            strength: None,
         };
         let bad = |msg: String| Err(Error::InvalidRequest(msg));
         let (num_frames, height, width) = (settings.num_frames, settings.height, settings.width);

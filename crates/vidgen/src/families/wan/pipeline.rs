@@ -14,9 +14,9 @@ use super::transformer::WanTransformer3D;
 use super::vae::{AutoencoderKlWan, AutoencoderKlWanConfig};
 use crate::checkpoint::{read_json, resolve_model_dir};
 use crate::pipeline::{
-    build_component, check_finite, read_config, text_encoder_dtype, video_to_frames,
-    GenerateRequest, Generated, LoadOptions, ModelDefaults, Progress, Settings, Stage, Timings,
-    VideoPipeline,
+    build_component, check_finite, check_strength, input_video_frames, read_config,
+    strength_timesteps, text_encoder_dtype, video_to_frames, video_to_vae_input, GenerateRequest,
+    Generated, LoadOptions, ModelDefaults, Progress, Settings, Stage, Timings, VideoPipeline,
 };
 use crate::scheduler;
 use crate::text::{encode_prompts, PromptTokenizer, Umt5Config, Umt5EncoderModel};
@@ -144,8 +144,14 @@ impl WanPipeline {
 
     /// Fills in defaults and checks every size and setting before any heavy work.
     pub fn resolve(&self, req: &GenerateRequest) -> Result<Settings> {
+        req.check_mode("Wan", &["text-to-video", "video-to-video"])?;
         let d = &self.defaults;
         let (tf, sf) = self.vae_scale_factors();
+        // video-to-video: as many frames of the input as the causal VAE encodes (1 + tf·k)
+        let from_video = match &req.video {
+            Some(video) => Some((input_video_frames(video)? - 1) / tf * tf + 1),
+            None => None,
+        };
         let (_, ph, pw) = self
             .transformer_cfg
             .patch()
@@ -171,8 +177,17 @@ impl WanPipeline {
         };
         let num_frames = req
             .num_frames
+            .or(from_video)
             .or(from_latents.map(|s| s.0))
             .unwrap_or(d.num_frames);
+        if let (Some(video), Some(asked)) = (&req.video, req.num_frames) {
+            let available = video.dim(0)?;
+            if asked > available {
+                return Err(Error::InvalidRequest(format!(
+                    "{asked} frames asked of an input video of {available}"
+                )));
+            }
+        }
         let height = req.height.or(from_latents.map(|s| s.1)).unwrap_or(d.height);
         let width = req.width.or(from_latents.map(|s| s.2)).unwrap_or(d.width);
         let settings = Settings {
@@ -190,7 +205,12 @@ impl WanPipeline {
             max_sequence_length: req.max_sequence_length.unwrap_or(d.max_sequence_length),
             fps: req.fps.unwrap_or(d.fps),
             scheduler: self.scheduler_class.clone(),
+            strength: None,
         };
+        let mut settings = settings;
+        if req.video.is_some() {
+            settings.strength = Some(check_strength(req.strength, settings.num_inference_steps)?);
+        }
         let bad = |msg: String| Err(Error::InvalidRequest(msg));
         if req.decode_timestep.is_some() || req.decode_noise_scale.is_some() {
             return bad(
@@ -296,15 +316,24 @@ impl WanPipeline {
         let clock = std::time::Instant::now();
 
         // 2. Initial noise (1, C, T, H, W): the caller's, or vidgen's seeded generator.
-        let mut latents = match &req.latents {
+        let noise = match &req.latents {
             Some(l) => l.to_dtype(DType::F32)?.to_device(&device)?,
             None => crate::noise::randn(settings.seed, self.latent_shape(&settings), &device)?,
         };
-
-        // 3. Denoise. With guidance the prompt and the negative prompt run as one batch of 2.
         let mut scheduler = scheduler::from_config_file(&self.scheduler_config)?;
         scheduler.set_timesteps(settings.num_inference_steps)?;
-        let timesteps = scheduler.timesteps().to_vec();
+        let mut timesteps = scheduler.timesteps().to_vec();
+        let mut latents = match (&req.video, settings.strength) {
+            // video-to-video: the input's latents noised to the first kept step (SDEdit)
+            (Some(video), Some(strength)) => {
+                timesteps = strength_timesteps(&timesteps, strength)?;
+                let x0 = self.encode_video(video, &settings)?;
+                scheduler.add_noise(&x0, &noise, timesteps[0])?
+            }
+            _ => noise,
+        };
+
+        // 3. Denoise. With guidance the prompt and the negative prompt run as one batch of 2.
         let transformer = self.transformer()?;
         let text_states = transformer.embed_text(&text_states)?; // (B, L, D)
         let batch = text_states.dim(0)?;
@@ -358,6 +387,27 @@ impl WanPipeline {
             self.text_encoder = Some(model);
         }
         Ok(states)
+    }
+
+    /// An input video `(F, H, W, 3)` in [0, 1] → normalised latents `(1, C, T, H, W)` f32: the
+    /// posterior mean of its first `num_frames` frames at the settings' size, as diffusers'
+    /// video-to-video pipeline encodes it (`sample_mode="argmax"`).
+    pub fn encode_video(&mut self, video: &Tensor, settings: &Settings) -> Result<Tensor> {
+        let input = video_to_vae_input(
+            video,
+            settings.num_frames,
+            settings.height,
+            settings.width,
+            &self.opts.device,
+        )?;
+        let vae = self.take_vae()?;
+        let encoded = vae
+            .encode(&input.to_dtype(self.opts.dtype)?)
+            .and_then(|posterior| vae.normalize_latents(&posterior.mean));
+        if self.opts.keep_loaded {
+            self.vae = Some(vae);
+        }
+        Ok(encoded?.to_dtype(DType::F32)?)
     }
 
     /// Denoised latents `(1, C, T, H, W)` → frames `(F, H, W, 3)` f32 in [0, 1].

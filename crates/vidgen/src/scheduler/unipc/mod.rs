@@ -480,6 +480,16 @@ impl Scheduler for UniPCMultistepScheduler {
         1.0
     }
 
+    fn add_noise(
+        &self,
+        original: &Tensor,
+        noise: &Tensor,
+        timestep: f64,
+    ) -> candle_core::Result<Tensor> {
+        let (alpha, sigma) = self.alpha_sigma(super::noise_index(&self.timesteps, timestep)?);
+        super::mix(original, alpha as f32, noise, sigma as f32)
+    }
+
     fn set_shift(&mut self, shift: f64) -> Result<()> {
         if !self.config.use_flow_sigmas || self.config.use_dynamic_shifting {
             return Err(Error::InvalidRequest(format!(
