@@ -1,7 +1,8 @@
 //! `vidgen serve` as a process, over real HTTP on loopback, with the built-in model: the job
 //! queue survives SIGKILL, SIGTERM requeues or finishes, deleting a running job stops it, a
 //! full queue answers 429, and errors come in OpenAI's shape without file paths.
-//! (`tests/openai_sdk/run.sh` drives the same server with the official `openai` SDK.)
+//! (`tests/serve/run.sh` drives the same server with the official `openai` SDK and headless
+//! Chromium.)
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -430,4 +431,111 @@ fn two_workers_run_two_jobs_at_once_on_one_model() {
             .unwrap()
             .contains("vidgen_jobs_cancelled_total 2")
     });
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn load_many_clients_against_a_full_queue_lose_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"), &["--max-queue", "6"]);
+    // warm up, then measure memory under load
+    let first = server.create(json!({"prompt": "a red ball", "steps": 1}));
+    server.wait_status(&first, "completed");
+    let rss_before = rss_kib(server.child.id());
+
+    let (clients, per_client) = (8, 25);
+    let results: Vec<(Vec<String>, Vec<u16>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                let server = &server;
+                scope.spawn(move || {
+                    let (mut accepted, mut statuses) = (Vec::new(), Vec::new());
+                    for i in 0..per_client {
+                        let body = json!({"prompt": format!("a ball {c} {i}"), "steps": 1});
+                        let (status, _, bytes) =
+                            server.request("POST", "/v1/videos", Some(&body), &[]);
+                        statuses.push(status);
+                        if status == 200 {
+                            let v: Value = serde_json::from_slice(&bytes).unwrap();
+                            accepted.push(v["id"].as_str().unwrap().to_string());
+                        }
+                        // poll what was accepted, and list, as clients do
+                        if let Some(id) = accepted.last() {
+                            statuses.push(
+                                server
+                                    .request("GET", &format!("/v1/videos/{id}"), None, &[])
+                                    .0,
+                            );
+                        }
+                        statuses.push(server.request("GET", "/v1/videos?limit=5", None, &[]).0);
+                        std::thread::sleep(Duration::from_millis(30));
+                    }
+                    (accepted, statuses)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let statuses: Vec<u16> = results.iter().flat_map(|r| r.1.clone()).collect();
+    let mut accepted: Vec<String> = results.iter().flat_map(|r| r.0.clone()).collect();
+    let rejected = statuses.iter().filter(|&&s| s == 429).count();
+    assert!(
+        statuses.iter().all(|&s| s == 200 || s == 429),
+        "unexpected statuses: {:?}",
+        statuses
+            .iter()
+            .filter(|&&s| s != 200 && s != 429)
+            .collect::<Vec<_>>()
+    );
+    assert!(rejected > 0, "the queue never filled");
+    assert!(!accepted.is_empty());
+    let n = accepted.len();
+    accepted.sort();
+    accepted.dedup();
+    assert_eq!(accepted.len(), n, "a job id was handed out twice");
+
+    // every accepted job completes, and the store holds exactly those (and the warm-up)
+    for id in &accepted {
+        server.wait_status(id, "completed");
+    }
+    let mut listed = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/v1/videos?limit=100&order=asc&after={a}"),
+            None => "/v1/videos?limit=100&order=asc".into(),
+        };
+        let (status, page) = server.json("GET", &path, None);
+        assert_eq!(status, 200);
+        for v in page["data"].as_array().unwrap() {
+            listed.push(v["id"].as_str().unwrap().to_string());
+        }
+        if page["has_more"] != true {
+            break;
+        }
+        after = page["last_id"].as_str().map(String::from);
+    }
+    listed.retain(|id| id != &first);
+    listed.sort();
+    assert_eq!(listed, accepted, "lost or extra jobs");
+    let rss_after = rss_kib(server.child.id());
+    println!(
+        "{n} accepted, {rejected} answered 429, {} requests; RSS {rss_before} → {rss_after} KiB",
+        statuses.len()
+    );
+    assert!(
+        rss_after < rss_before + 100 * 1024,
+        "memory grew from {rss_before} to {rss_after} KiB"
+    );
 }

@@ -12,7 +12,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let vae = AutoencoderKlWan::new(&cfg, vb)?;
-    for (b, f, h, w) in [(4, 5, 48, 48), (4, 9, 32, 32)] {
+    for (b, f, h, w) in [
+        (4, 5, 32, 32),
+        (4, 5, 64, 64),
+        (4, 9, 64, 64),
+        (1, 17, 64, 64),
+    ] {
         let x = Tensor::randn(0f32, 0.5, (b, 3, f, h, w), &dev)?;
         let t = Instant::now();
         let post = vae.encode(&x)?;

@@ -1,13 +1,16 @@
 """The official `openai` SDK's `client.videos` against a running `vidgen serve`.
 
-Run by run.sh, which starts the server with the built-in model and passes its base URL and
+Run by tests/serve/run.sh, which starts the server with the built-in model and passes its base URL and
 API key in VIDGEN_BASE_URL / VIDGEN_API_KEY. Every check raises on failure.
 """
 
 import io
+import json
 import os
 import struct
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 
@@ -48,9 +51,18 @@ check(video.progress == 100 and video.completed_at >= video.created_at, "progres
 check(video.size == "64x64" and video.seconds == "2" and video.model == "tiny-world", "defaults from the model folder")
 check(video.prompt == "a red ball bounces on the floor", "the prompt is echoed")
 
-# 2. the three variants of the content
-mp4 = client.videos.download_content(video.id).read()
-check(mp4[4:8] == b"ftyp" and len(mp4) > 1000, f"variant=video is an mp4 ({len(mp4)} bytes)")
+# 2. the three variants of the content; the mp4 decodes (ffprobe counts its frames)
+with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "video.mp4")
+    client.videos.download_content(video.id).write_to_file(path)
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0",
+         "-show_entries", "stream=codec_name,width,height,nb_read_frames", "-of", "json", path],
+        capture_output=True, text=True, check=True,
+    )
+    stream = json.loads(probe.stdout)["streams"][0]
+    check((stream["codec_name"], stream["width"], stream["height"], stream["nb_read_frames"]) == ("h264", 64, 64, "17"),
+          f"write_to_file gives an mp4 that decodes: {stream}")
 thumb = client.videos.download_content(video.id, variant="thumbnail").read()
 check(thumb[:4] == b"RIFF" and thumb[8:12] == b"WEBP", "variant=thumbnail is WebP")
 sprites = client.videos.download_content(video.id, variant="spritesheet").read()
