@@ -66,8 +66,9 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub latents: Option<PathBuf>,
     /// Video-to-video: the input video (.mp4, .gif, .png or a folder of numbered pngs), resized
-    /// to the output size; its first 1 + 4k frames are used (Wan: SDEdit, as diffusers'
-    /// WanVideoToVideoPipeline). With --latents, those are the noise mixed into it.
+    /// to the output size; its first 1 + 4k frames are used (SDEdit, as diffusers'
+    /// WanVideoToVideoPipeline / CogVideoXVideoToVideoPipeline). With --latents, those are the
+    /// noise mixed into it.
     #[arg(long, conflicts_with = "image")]
     pub video: Option<PathBuf>,
     /// With --video: how much to change it, in (0, 1]; the last ⌊steps × strength⌋ steps run.
@@ -150,6 +151,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         video,
         strength: args.strength,
         image,
+        encode_noise: None,
     };
     let settings = pipeline.resolve(&request)?;
     eprintln!(

@@ -122,6 +122,9 @@ pub struct GenerateRequest {
     /// Image-to-video: the first frame `(H, W, 3)` f32 in [0, 1]. Families without the mode
     /// refuse it.
     pub image: Option<Tensor>,
+    /// Video-to-video with a VAE whose posterior the reference samples (CogVideoX): the draw
+    /// ε of `mean + std · ε`, shaped as the posterior `(1, C, T, H, W)`. Default: from the seed.
+    pub encode_noise: Option<Tensor>,
 }
 
 /// diffusers' default `strength` for video-to-video.
@@ -282,6 +285,24 @@ pub fn input_video_frames(video: &Tensor) -> Result<usize> {
             "an input video must be (frames, height, width, 3) with no empty side, got {other:?}"
         ))),
     }
+}
+
+/// Video-to-video: how many frames the request's input video gives — its first `1 + tf·k`,
+/// what a causal VAE with temporal factor `tf` encodes — after checking that a frame count
+/// the request asks for fits in it. `None` without an input video.
+pub fn video_frame_count(req: &GenerateRequest, tf: usize) -> Result<Option<usize>> {
+    let Some(video) = &req.video else {
+        return Ok(None);
+    };
+    let available = input_video_frames(video)?;
+    if let Some(asked) = req.num_frames {
+        if asked > available {
+            return Err(Error::InvalidRequest(format!(
+                "{asked} frames asked of an input video of {available}"
+            )));
+        }
+    }
+    Ok(Some((available - 1) / tf * tf + 1))
 }
 
 /// The strength of a video-to-video request: given or [`DEFAULT_STRENGTH`], checked to be in

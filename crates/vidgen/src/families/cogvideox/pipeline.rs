@@ -28,9 +28,9 @@ use super::transformer::CogVideoXTransformer3D;
 use super::vae::{AutoencoderKlCogVideoX, AutoencoderKlCogVideoXConfig};
 use crate::checkpoint::{class_name, read_json, resolve_model_dir};
 use crate::pipeline::{
-    build_component, check_finite, read_config, text_encoder_dtype, video_to_frames,
-    GenerateRequest, Generated, LoadOptions, ModelDefaults, Progress, Settings, Stage, Timings,
-    VideoPipeline,
+    build_component, check_finite, check_strength, read_config, strength_timesteps,
+    text_encoder_dtype, video_frame_count, video_to_frames, video_to_vae_input, GenerateRequest,
+    Generated, LoadOptions, ModelDefaults, Progress, Settings, Stage, Timings, VideoPipeline,
 };
 use crate::scheduler::{self, CogVideoXDPMScheduler, CogVideoXSchedulerConfig, Scheduler};
 use crate::text::{encode_prompts_unmasked, PromptTokenizer, T5Config, T5EncoderModel};
@@ -38,6 +38,11 @@ use crate::{Error, Result};
 
 /// The `_class_name` of the pipelines this module runs.
 pub const CLASS_NAME: &str = "CogVideoXPipeline";
+
+/// The seed of the posterior draw of video-to-video, apart from the initial noise's.
+fn encode_noise_seed(seed: u64) -> u64 {
+    seed ^ 0x9e37_79b9_7f4a_7c15
+}
 
 /// A CogVideoX 1.0 text-to-video pipeline over a diffusers model folder.
 #[derive(Clone)]
@@ -183,7 +188,7 @@ impl CogVideoXPipeline {
 
     /// Fills in defaults and checks every size and setting before any heavy work.
     pub fn resolve(&self, req: &GenerateRequest) -> Result<Settings> {
-        req.check_mode("CogVideoX", &["text-to-video"])?;
+        req.check_mode("CogVideoX", &["text-to-video", "video-to-video"])?;
         let d = &self.defaults;
         let cfg = &self.transformer_cfg;
         let (tf, sf) = self.vae_scale_factors();
@@ -207,6 +212,7 @@ impl CogVideoXPipeline {
         };
         let num_frames = req
             .num_frames
+            .or(video_frame_count(req, tf)?)
             .or(from_latents.map(|s| s.0))
             .unwrap_or(d.num_frames);
         let height = req.height.or(from_latents.map(|s| s.1)).unwrap_or(d.height);
@@ -228,6 +234,10 @@ impl CogVideoXPipeline {
             scheduler: self.scheduler_class.clone(),
             strength: None,
         };
+        let mut settings = settings;
+        if req.video.is_some() {
+            settings.strength = Some(check_strength(req.strength, settings.num_inference_steps)?);
+        }
         if req.decode_timestep.is_some() || req.decode_noise_scale.is_some() {
             return bad(
                 "decode timestep and decode noise scale apply to timestep-conditioned VAE \
@@ -358,15 +368,26 @@ impl CogVideoXPipeline {
         // 2. Scheduler and initial noise (1, T, C, H, W) · init_noise_sigma.
         let mut scheduler = self.scheduler(settings.seed)?;
         scheduler.set_timesteps(settings.num_inference_steps)?;
-        let timesteps = scheduler.timesteps().to_vec();
-        let latents = match &req.latents {
+        let mut timesteps = scheduler.timesteps().to_vec();
+        let noise = match &req.latents {
             Some(l) => l.to_dtype(DType::F32)?.to_device(&device)?,
             None => crate::noise::randn(settings.seed, self.latent_shape(&settings), &device)?,
         };
+        let latents = match (&req.video, settings.strength) {
+            // video-to-video: the input's (sampled, scaled) latents noised to the first kept step
+            (Some(video), Some(strength)) => {
+                timesteps = strength_timesteps(&timesteps, strength)?;
+                let x0 = self.encode_video(video, &settings, req.encode_noise.as_ref())?;
+                scheduler.add_noise(&x0, &noise, timesteps[0])?
+            }
+            _ => noise,
+        };
         let mut latents = latents.affine(scheduler.init_noise_sigma(), 0.0)?;
 
-        // 3. Denoise; the RoPE tables (5b) depend only on the size, so are made once.
-        let n = settings.num_inference_steps as f64;
+        // 3. Denoise; the RoPE tables (5b) depend only on the size, so are made once. Dynamic
+        // guidance counts the steps that run (the reference's num_inference_steps after
+        // get_timesteps).
+        let n = timesteps.len() as f64;
         let use_dynamic_cfg = self.use_dynamic_cfg;
         let transformer = self.transformer()?;
         let text_states = text_states.to_dtype(transformer.dtype())?;
@@ -438,6 +459,49 @@ impl CogVideoXPipeline {
             self.text_encoder = Some(model);
         }
         Ok(states.prompt_embeds)
+    }
+
+    /// An input video `(F, H, W, 3)` in [0, 1] → DiT latents `(1, T, C, H, W)` f32, as
+    /// diffusers' video-to-video pipeline makes them: the posterior of its first `num_frames`
+    /// frames at the settings' size *sampled* (`mean + std · ε`, ε `encode_noise` or drawn from
+    /// the seed), frames moved before channels, times the scaling factor.
+    pub fn encode_video(
+        &mut self,
+        video: &Tensor,
+        settings: &Settings,
+        encode_noise: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let device = self.opts.device.clone();
+        let input = video_to_vae_input(
+            video,
+            settings.num_frames,
+            settings.height,
+            settings.width,
+            &device,
+        )?;
+        let vae = self.take_vae()?;
+        let encoded = (|| -> Result<Tensor> {
+            let posterior = vae.encode(&input.to_dtype(self.opts.dtype)?)?;
+            let shape = posterior.mean.dims5()?;
+            let eps = match encode_noise {
+                Some(e) if e.dims5()? == shape => e.to_dtype(DType::F32)?.to_device(&device)?,
+                Some(e) => {
+                    return Err(Error::InvalidRequest(format!(
+                        "encode noise {:?} does not fit the posterior {shape:?}",
+                        e.dims()
+                    )))
+                }
+                None => crate::noise::randn(encode_noise_seed(settings.seed), shape, &device)?,
+            };
+            let z = posterior.sample(&eps.to_dtype(posterior.mean.dtype())?)?;
+            // b c t h w -> b t c h w
+            let z = z.permute((0, 2, 1, 3, 4))?.contiguous()?;
+            Ok(vae.scale_latents(&z.to_dtype(DType::F32)?)?)
+        })();
+        if self.opts.keep_loaded {
+            self.vae = Some(vae);
+        }
+        encoded
     }
 
     /// Denoised latents `(1, T, C, H, W)` → frames `(F, H, W, 3)` f32 in [0, 1]: divided by

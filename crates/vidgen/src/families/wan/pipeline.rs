@@ -14,8 +14,8 @@ use super::transformer::WanTransformer3D;
 use super::vae::{AutoencoderKlWan, AutoencoderKlWanConfig};
 use crate::checkpoint::{read_json, resolve_model_dir};
 use crate::pipeline::{
-    build_component, check_finite, check_strength, input_video_frames, read_config,
-    strength_timesteps, text_encoder_dtype, video_to_frames, video_to_vae_input, GenerateRequest,
+    build_component, check_finite, check_strength, read_config, strength_timesteps,
+    text_encoder_dtype, video_frame_count, video_to_frames, video_to_vae_input, GenerateRequest,
     Generated, LoadOptions, ModelDefaults, Progress, Settings, Stage, Timings, VideoPipeline,
 };
 use crate::scheduler;
@@ -147,11 +147,7 @@ impl WanPipeline {
         req.check_mode("Wan", &["text-to-video", "video-to-video"])?;
         let d = &self.defaults;
         let (tf, sf) = self.vae_scale_factors();
-        // video-to-video: as many frames of the input as the causal VAE encodes (1 + tf·k)
-        let from_video = match &req.video {
-            Some(video) => Some((input_video_frames(video)? - 1) / tf * tf + 1),
-            None => None,
-        };
+        let from_video = video_frame_count(req, tf)?;
         let (_, ph, pw) = self
             .transformer_cfg
             .patch()
@@ -180,14 +176,6 @@ impl WanPipeline {
             .or(from_video)
             .or(from_latents.map(|s| s.0))
             .unwrap_or(d.num_frames);
-        if let (Some(video), Some(asked)) = (&req.video, req.num_frames) {
-            let available = video.dim(0)?;
-            if asked > available {
-                return Err(Error::InvalidRequest(format!(
-                    "{asked} frames asked of an input video of {available}"
-                )));
-            }
-        }
         let height = req.height.or(from_latents.map(|s| s.1)).unwrap_or(d.height);
         let width = req.width.or(from_latents.map(|s| s.2)).unwrap_or(d.width);
         let settings = Settings {
