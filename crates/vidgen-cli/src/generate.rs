@@ -75,7 +75,8 @@ pub struct GenerateArgs {
     /// Default 0.8.
     #[arg(long, requires = "video")]
     pub strength: Option<f64>,
-    /// Image-to-video: the first frame (.png, .jpg, .webp), for models that do image-to-video.
+    /// Image-to-video: the first frame (.png, .jpg, .webp), resized to the output size
+    /// (LTX-Video, as diffusers' LTXImageToVideoPipeline).
     #[arg(long)]
     pub image: Option<PathBuf>,
     /// Output file: .mp4, .gif, or .png (then a folder of numbered frames is written next to it).

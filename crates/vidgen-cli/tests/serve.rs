@@ -539,3 +539,140 @@ fn load_many_clients_against_a_full_queue_lose_nothing() {
         "memory grew from {rss_before} to {rss_after} KiB"
     );
 }
+
+/// A multipart/form-data body of text fields and one file part.
+fn multipart(fields: &[(&str, &str)], file: (&str, &str, &[u8])) -> (String, Vec<u8>) {
+    let boundary = "vidgenTestBoundary7MA4YWxk";
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+                .as_bytes(),
+        );
+    }
+    let (name, filename, bytes) = file;
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\nContent-Type: image/png\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+fn post_raw(server: &Server, path: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        server.addr,
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let status = String::from_utf8_lossy(&raw[..split])
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&raw[split + 4..]).unwrap_or(Value::Null),
+    )
+}
+
+#[test]
+fn input_reference_is_image_to_video_where_the_model_does_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let frame = vidgen_video::Frames::new(1, 32, 64, 1.0, vec![0.5; 32 * 64 * 3]).unwrap();
+    let png_path = tmp.path().join("first.png");
+    vidgen_video::write(&png_path, &frame).unwrap();
+    let png = std::fs::read(&png_path).unwrap();
+
+    // LTX-Video (the tiny fixture) takes it
+    let ltx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/ltx/pipeline");
+    let data = tmp.path().join("ltx-data");
+    let server = Server::start(&data, &["--model", ltx.to_str().unwrap()]);
+    let (ct, body) = multipart(
+        &[
+            ("prompt", "a red ball"),
+            ("size", "64x32"),
+            ("seconds", "0.32"),
+            ("steps", "2"),
+        ],
+        ("input_reference", "first.png", &png),
+    );
+    let (status, video) = post_raw(&server, "/v1/videos", &ct, &body);
+    assert_eq!(status, 200, "{video}");
+    let id = video["id"].as_str().unwrap().to_string();
+    assert!(data.join("inputs").join(format!("{id}.png")).is_file());
+    let done = server.wait_status(&id, "completed");
+    assert_eq!(
+        (done["size"].as_str(), done["vidgen"]["frames"].as_u64()),
+        (Some("64x32"), Some(9))
+    );
+    let (status, _, mp4) = server.request("GET", &format!("/v1/videos/{id}/content"), None, &[]);
+    assert_eq!((status, &mp4[4..8]), (200, &b"ftyp"[..]));
+    // a remix keeps the first frame
+    let (status, remix) = server.json(
+        "POST",
+        &format!("/v1/videos/{id}/remix"),
+        Some(json!({"prompt": "a blue ball"})),
+    );
+    assert_eq!(status, 200, "{remix}");
+    let remix_id = remix["id"].as_str().unwrap();
+    server.wait_status(remix_id, "completed");
+    assert_eq!(
+        server.json("DELETE", &format!("/v1/videos/{id}"), None).0,
+        200
+    );
+    assert!(!data.join("inputs").join(format!("{id}.png")).exists());
+    // not an image; too large an image (from its header)
+    let (ct, body) = multipart(
+        &[("prompt", "a ball")],
+        ("input_reference", "x.png", b"not an image"),
+    );
+    let (status, error) = post_raw(&server, "/v1/videos", &ct, &body);
+    assert_eq!(
+        (status, &error["error"]["param"]),
+        (400, &json!("input_reference")),
+        "{error}"
+    );
+    let wide = vidgen_video::Frames::new(1, 2, 5000, 1.0, vec![0.5; 2 * 5000 * 3]).unwrap();
+    vidgen_video::write(&tmp.path().join("wide.png"), &wide).unwrap();
+    let wide = std::fs::read(tmp.path().join("wide.png")).unwrap();
+    let (ct, body) = multipart(
+        &[("prompt", "a ball")],
+        ("input_reference", "wide.png", &wide),
+    );
+    let (status, error) = post_raw(&server, "/v1/videos", &ct, &body);
+    assert_eq!(status, 400, "{error}");
+    assert!(
+        error["error"]["message"].as_str().unwrap().contains("4096"),
+        "{error}"
+    );
+    drop(server);
+
+    // the built-in (Wan, text-to-video) model refuses it with a 400 naming its modes
+    let server = Server::start(&tmp.path().join("wan-data"), &[]);
+    let (ct, body) = multipart(
+        &[("prompt", "a ball")],
+        ("input_reference", "first.png", &png),
+    );
+    let (status, error) = post_raw(&server, "/v1/videos", &ct, &body);
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["param"], "input_reference");
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("text-to-video"));
+    assert!(std::fs::read_dir(tmp.path().join("wan-data/inputs"))
+        .unwrap()
+        .next()
+        .is_none());
+}

@@ -329,6 +329,7 @@ async fn delete_video(State(app): State<Shared>, Path(id): Path<String>) -> ApiR
         .ok_or_else(|| ApiError::not_found(format!("no video `{}`", clip(&id, 80))))?;
     // A running job's worker sees the row gone at its next heartbeat and cleans up itself.
     crate::media::remove_outputs(&app.videos, &job.id);
+    let _ = std::fs::remove_file(crate::media::input_path(&app.cfg.data_dir, &job.id));
     Ok(Json(json!({"id": job.id, "object": "video.deleted", "deleted": true})).into_response())
 }
 
@@ -469,7 +470,10 @@ async fn video_events(State(app): State<Shared>, Path(id): Path<String>) -> ApiR
 #[derive(Default)]
 struct Fields {
     values: BTreeMap<String, Value>,
-    has_file: bool,
+    /// The `input_reference` file's bytes.
+    image: Option<Vec<u8>>,
+    /// `input_reference` given in a form that is not a file upload.
+    reference_not_a_file: bool,
 }
 
 impl Fields {
@@ -538,8 +542,16 @@ async fn read_fields(app: &App, request: Request) -> ApiResult<Fields> {
                     ApiError::invalid("body", format!("bad multipart body: {e}"))
                 }
             })?;
-            if is_file || name == "input_reference" {
-                fields.has_file |= name == "input_reference";
+            if name == "input_reference" {
+                if is_file {
+                    fields.image = Some(bytes.to_vec());
+                } else {
+                    fields.reference_not_a_file = true;
+                }
+                fields.values.insert(name, Value::Null);
+                continue;
+            }
+            if is_file {
                 fields.values.insert(name, Value::Null);
                 continue;
             }
@@ -564,7 +576,7 @@ async fn read_fields(app: &App, request: Request) -> ApiResult<Fields> {
         let Value::Object(map) = value else {
             return Err(ApiError::invalid("body", "the body must be a JSON object"));
         };
-        fields.has_file = map.get("input_reference").is_some_and(|v| !v.is_null());
+        fields.reference_not_a_file = map.get("input_reference").is_some_and(|v| !v.is_null());
         fields.values = map.into_iter().collect();
     }
     Ok(fields)
@@ -598,22 +610,54 @@ async fn create_video(State(app): State<Shared>, request: Request) -> ApiResult<
             ));
         }
     }
-    if fields.has_file {
+    if fields.reference_not_a_file {
         return Err(ApiError::invalid(
             "input_reference",
-            format!(
-                "model `{}` ({}) does not do image-to-video; it takes text prompts only \
-                 (leave out input_reference)",
-                app.model_name, app.pipeline_class
-            ),
+            "input_reference: upload the first frame as an image file (multipart/form-data)",
         ));
     }
     let prompt = fields
         .text("prompt")?
         .filter(|p| !p.trim().is_empty())
         .ok_or_else(|| ApiError::invalid("prompt", "prompt: required, a non-empty string"))?;
-    let plan = plan_job(&app, &fields, prompt)?;
-    submit(&app, plan, None)
+    let image = match &fields.image {
+        Some(bytes) => Some(decode_reference(bytes)?),
+        None => None,
+    };
+    let plan = plan_job(&app, &fields, prompt, image.as_ref())?;
+    submit(&app, plan, None, image.as_ref())
+}
+
+/// Largest side of an `input_reference` image, checked from its header before decoding.
+pub const MAX_IMAGE_SIDE: u32 = 4096;
+
+/// An uploaded first frame → `(H, W, 3)` f32 in [0, 1]; its size is read from the header and
+/// checked before the pixels are decoded.
+fn decode_reference(bytes: &[u8]) -> ApiResult<candle_core::Tensor> {
+    let bad = |m: String| ApiError::invalid("input_reference", m);
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| bad(format!("input_reference: {e}")))
+    };
+    let (w, h) = reader()?
+        .into_dimensions()
+        .map_err(|_| bad("input_reference: not a PNG, JPEG or WebP image".into()))?;
+    if w == 0 || h == 0 || w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
+        return Err(bad(format!(
+            "input_reference: {w}x{h}; images may be at most {MAX_IMAGE_SIDE} pixels a side"
+        )));
+    }
+    let decoded = reader()?
+        .decode()
+        .map_err(|_| bad("input_reference: the image could not be decoded".into()))?
+        .into_rgb32f();
+    candle_core::Tensor::from_vec(
+        decoded.into_raw(),
+        (h as usize, w as usize, 3),
+        &candle_core::Device::Cpu,
+    )
+    .map_err(|e| ApiError::internal(e.into()))
 }
 
 /// A validated job: its parameters and the `seconds` and `size` it reports.
@@ -623,7 +667,12 @@ struct Plan {
     size: String,
 }
 
-fn plan_job(app: &App, fields: &Fields, prompt: String) -> ApiResult<Plan> {
+fn plan_job(
+    app: &App,
+    fields: &Fields,
+    prompt: String,
+    image: Option<&candle_core::Tensor>,
+) -> ApiResult<Plan> {
     if prompt.chars().count() > MAX_PROMPT_CHARS {
         return Err(ApiError::invalid(
             "prompt",
@@ -692,6 +741,7 @@ fn plan_job(app: &App, fields: &Fields, prompt: String) -> ApiResult<Plan> {
         guidance_scale: Some(guidance),
         seed,
         fps: Some(fps),
+        image: image.cloned(),
         ..GenerateRequest::default()
     };
     let validator = app.validator.lock().unwrap_or_else(|p| p.into_inner());
@@ -707,11 +757,16 @@ fn plan_job(app: &App, fields: &Fields, prompt: String) -> ApiResult<Plan> {
     }
     .map_err(|e| {
         let param = match &e {
+            vidgen::Error::InvalidRequest(m) if m.contains("image-to-video") => "input_reference",
             vidgen::Error::InvalidRequest(m) if m.contains("frame") => "seconds",
             vidgen::Error::InvalidRequest(m) if m.contains("step") => "steps",
             _ => "size",
         };
         match e {
+            // a mode the model does not have is a bad request, not an impossible size
+            vidgen::Error::InvalidRequest(m) if param == "input_reference" => {
+                ApiError::invalid(param, m)
+            }
             vidgen::Error::InvalidRequest(m) => ApiError::unprocessable(param, m),
             other => ApiError::internal(other.into()),
         }
@@ -744,6 +799,7 @@ fn plan_job(app: &App, fields: &Fields, prompt: String) -> ApiResult<Plan> {
             guidance,
             seed,
             fps,
+            image: image.is_some(),
         },
         seconds: format_seconds(seconds),
         size: format!("{}x{}", settings.width, settings.height),
@@ -762,7 +818,14 @@ fn format_seconds(s: f64) -> String {
     text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
-fn submit(app: &App, plan: Plan, remixed_from: Option<String>) -> ApiResult<Response> {
+/// Queues `plan`; its first frame (image-to-video) is saved as `inputs/<id>.png` before the job
+/// exists, from `image` or copied from the job `remixed_from`.
+fn submit(
+    app: &App,
+    plan: Plan,
+    remixed_from: Option<String>,
+    image: Option<&candle_core::Tensor>,
+) -> ApiResult<Response> {
     if app.shutting_down() {
         return Err(ApiError {
             retry_after: Some(5),
@@ -803,7 +866,24 @@ fn submit(app: &App, plan: Plan, remixed_from: Option<String>) -> ApiResult<Resp
         error: None,
         attempts: 0,
     };
-    match app.store.insert(&job, app.cfg.max_queue)? {
+    if job.params.image {
+        let path = crate::media::input_path(&app.cfg.data_dir, &job.id);
+        match (image, &job.remixed_from) {
+            (Some(image), _) => crate::media::write_input(&path, image)?,
+            (None, Some(source)) => {
+                let bytes = std::fs::read(crate::media::input_path(&app.cfg.data_dir, source))
+                    .map_err(|_| ApiError::not_found("the source video's first frame is gone"))?;
+                vidgen_video::write_atomic(&path, &bytes)
+                    .map_err(|e| ApiError::internal(e.into()))?;
+            }
+            (None, None) => unreachable!("an image job without its image"),
+        }
+    }
+    let inserted = app.store.insert(&job, app.cfg.max_queue);
+    if !matches!(inserted, Ok(Ok(()))) && job.params.image {
+        let _ = std::fs::remove_file(crate::media::input_path(&app.cfg.data_dir, &job.id));
+    }
+    match inserted? {
         Ok(()) => Ok(video_response(app, StatusCode::OK, &job)),
         Err(InsertError::QueueFull { queued }) => {
             app.metrics
@@ -866,7 +946,7 @@ async fn remix_video(
         seconds: source.seconds.clone(),
         size: source.size.clone(),
     };
-    submit(&app, plan, Some(source.id))
+    submit(&app, plan, Some(source.id), None)
 }
 
 #[cfg(test)]

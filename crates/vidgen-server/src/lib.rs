@@ -110,10 +110,14 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
         bail!("--max-queue must be at least 1");
     }
     let videos = cfg.data_dir.join("videos");
-    std::fs::create_dir_all(&videos)
-        .with_context(|| format!("creating the data folder {}", videos.display()))?;
+    let inputs = cfg.data_dir.join("inputs");
+    for dir in [&videos, &inputs] {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the data folder {}", dir.display()))?;
+    }
     let store = Store::open(&cfg.data_dir)?;
-    clean_videos_folder(&videos, &store)?;
+    clean_leftovers(&videos, &store)?;
+    clean_leftovers(&inputs, &store)?;
 
     // Configs only: a wrong model folder fails here, before the port is taken.
     let validator = vidgen::pipeline::load(&cfg.model, cfg.load.clone())
@@ -210,9 +214,10 @@ fn folder_name(dir: &Path) -> String {
         .unwrap_or_else(|| "vidgen".into())
 }
 
-/// Removes what a crash can leave in the videos folder: temporary files (`.NAME.XXXX.tmp`)
-/// and the files of jobs no longer in the store (deleted while their worker was writing).
-fn clean_videos_folder(videos: &Path, store: &Store) -> Result<()> {
+/// Removes what a crash can leave in a folder of job files (videos, inputs): temporary files
+/// (`.NAME.XXXX.tmp`) and the files of jobs no longer in the store (deleted while their worker
+/// was writing, or refused after their first frame was saved).
+fn clean_leftovers(videos: &Path, store: &Store) -> Result<()> {
     let ids = store.ids()?;
     for entry in
         std::fs::read_dir(videos).with_context(|| format!("reading {}", videos.display()))?

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use image::codecs::jpeg::JpegEncoder;
 use image::codecs::webp::WebPEncoder;
-use image::ExtendedColorType;
+use image::{ExtendedColorType, ImageEncoder};
 use vidgen_video::Frames;
 
 pub const SPRITE_FRAMES: usize = 16;
@@ -60,6 +60,40 @@ pub fn write_outputs(videos: &Path, id: &str, frames: &Frames) -> Result<()> {
     vidgen_video::write_atomic(&Variant::Spritesheet.path(videos, id), &sprites)?;
     vidgen_video::write(&Variant::Video.path(videos, id), frames)?;
     Ok(())
+}
+
+/// Where the first frame of image-to-video job `id` is kept.
+pub fn input_path(data_dir: &Path, id: &str) -> PathBuf {
+    data_dir.join("inputs").join(format!("{id}.png"))
+}
+
+/// Saves a first frame `(H, W, 3)` in [0, 1] as a PNG (re-encoded: the upload's own bytes are
+/// never stored), atomically.
+pub fn write_input(path: &Path, image: &candle_core::Tensor) -> Result<()> {
+    let (h, w, _) = image.dims3()?;
+    let data = image.flatten_all()?.to_vec1::<f32>()?;
+    let frames = Frames::new(1, h, w, 1.0, data)?;
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png)
+        .write_image(
+            &frames.frame_rgb8(0),
+            w as u32,
+            h as u32,
+            ExtendedColorType::Rgb8,
+        )
+        .context("encoding the first frame")?;
+    vidgen_video::write_atomic(path, &png)?;
+    Ok(())
+}
+
+/// Reads a first frame saved by [`write_input`] as `(H, W, 3)` f32 in [0, 1].
+pub fn read_input(path: &Path) -> Result<candle_core::Tensor> {
+    let frames = vidgen_video::read(path)?;
+    Ok(candle_core::Tensor::from_vec(
+        frames.data,
+        (frames.height, frames.width, 3),
+        &candle_core::Device::Cpu,
+    )?)
 }
 
 /// Removes job `id`'s files (those that exist).

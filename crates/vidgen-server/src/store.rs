@@ -42,6 +42,9 @@ pub struct JobParams {
     pub guidance: f64,
     pub seed: u64,
     pub fps: u32,
+    /// Image-to-video: the first frame is `inputs/<id>.png` in the data folder.
+    #[serde(default)]
+    pub image: bool,
 }
 
 /// One row of the queue.
@@ -396,6 +399,7 @@ mod tests {
                 guidance: 1.0,
                 seed: 7,
                 fps: 8,
+                image: false,
             },
             remixed_from: None,
             completed_at: None,

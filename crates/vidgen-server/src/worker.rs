@@ -102,6 +102,23 @@ fn run_job(app: &App, pipeline: &mut dyn VideoPipeline, owner: &str, job: Job) {
     let started = Instant::now();
     let p = &job.params;
     let cancel = CancelFlag::new();
+    let image = if p.image {
+        match crate::media::read_input(&crate::media::input_path(&app.cfg.data_dir, &job.id)) {
+            Ok(image) => Some(image),
+            Err(e) => {
+                tracing::error!("the first frame of {}: {e:#}", job.id);
+                let _ = app.store.fail(
+                    &job.id,
+                    owner,
+                    "input_missing",
+                    "the uploaded first frame is gone",
+                );
+                return;
+            }
+        }
+    } else {
+        None
+    };
     let request = GenerateRequest {
         prompt: p.prompt.clone(),
         negative_prompt: p.negative_prompt.clone(),
@@ -112,6 +129,7 @@ fn run_job(app: &App, pipeline: &mut dyn VideoPipeline, owner: &str, job: Job) {
         guidance_scale: Some(p.guidance),
         seed: p.seed,
         fps: Some(p.fps),
+        image,
         cancel: Some(cancel.clone()),
         ..GenerateRequest::default()
     };

@@ -277,6 +277,12 @@ pub trait VideoPipeline: Send {
     fn fork(&self) -> Box<dyn VideoPipeline>;
 }
 
+/// The seed of a posterior draw (video-to-video, image-to-video encoders that sample), apart
+/// from the initial noise's.
+pub fn encode_noise_seed(seed: u64) -> u64 {
+    seed ^ 0x9e37_79b9_7f4a_7c15
+}
+
 /// Checks an input video `(F, H, W, 3)` and returns `F`.
 pub fn input_video_frames(video: &Tensor) -> Result<usize> {
     match video.dims() {

@@ -28,9 +28,10 @@ use super::transformer::CogVideoXTransformer3D;
 use super::vae::{AutoencoderKlCogVideoX, AutoencoderKlCogVideoXConfig};
 use crate::checkpoint::{class_name, read_json, resolve_model_dir};
 use crate::pipeline::{
-    build_component, check_finite, check_strength, read_config, strength_timesteps,
-    text_encoder_dtype, video_frame_count, video_to_frames, video_to_vae_input, GenerateRequest,
-    Generated, LoadOptions, ModelDefaults, Progress, Settings, Stage, Timings, VideoPipeline,
+    build_component, check_finite, check_strength, encode_noise_seed, read_config,
+    strength_timesteps, text_encoder_dtype, video_frame_count, video_to_frames, video_to_vae_input,
+    GenerateRequest, Generated, LoadOptions, ModelDefaults, Progress, Settings, Stage, Timings,
+    VideoPipeline,
 };
 use crate::scheduler::{self, CogVideoXDPMScheduler, CogVideoXSchedulerConfig, Scheduler};
 use crate::text::{encode_prompts_unmasked, PromptTokenizer, T5Config, T5EncoderModel};
@@ -38,11 +39,6 @@ use crate::{Error, Result};
 
 /// The `_class_name` of the pipelines this module runs.
 pub const CLASS_NAME: &str = "CogVideoXPipeline";
-
-/// The seed of the posterior draw of video-to-video, apart from the initial noise's.
-fn encode_noise_seed(seed: u64) -> u64 {
-    seed ^ 0x9e37_79b9_7f4a_7c15
-}
 
 /// A CogVideoX 1.0 text-to-video pipeline over a diffusers model folder.
 #[derive(Clone)]

@@ -21,9 +21,9 @@ use super::transformer::{LtxTransformerInputs, LtxVideoTransformer3D};
 use super::vae::{AutoencoderKlLtxVideo, AutoencoderKlLtxVideoConfig};
 use crate::checkpoint::{class_name, resolve_model_dir};
 use crate::pipeline::{
-    build_component, check_finite, read_config, text_encoder_dtype, video_to_frames,
-    GenerateRequest, Generated, LoadOptions, ModelDefaults, Progress, Settings, Stage, Timings,
-    VideoPipeline,
+    build_component, check_finite, encode_noise_seed, read_config, text_encoder_dtype,
+    video_to_frames, video_to_vae_input, GenerateRequest, Generated, LoadOptions, ModelDefaults,
+    Progress, Settings, Stage, Timings, VideoPipeline,
 };
 use crate::scheduler::flow_match_euler::{
     FlowMatchEulerDiscreteConfig, FlowMatchEulerDiscreteScheduler,
@@ -200,7 +200,15 @@ impl LtxPipeline {
 
     /// Fills in defaults and checks every size and setting before any heavy work.
     pub fn resolve(&self, req: &GenerateRequest) -> Result<Settings> {
-        req.check_mode("LTX-Video", &["text-to-video"])?;
+        req.check_mode("LTX-Video", &["text-to-video", "image-to-video"])?;
+        if let Some(image) = &req.image {
+            if !matches!(image.dims(), &[h, w, 3] if h > 0 && w > 0) {
+                return Err(Error::InvalidRequest(format!(
+                    "an input image must be (height, width, 3), got {:?}",
+                    image.dims()
+                )));
+            }
+        }
         let d = &self.defaults;
         let (tf, sf) = self.vae_scale_factors();
         let settings = Settings {
@@ -335,12 +343,24 @@ impl LtxPipeline {
         let grid = self.latent_grid(&settings);
         let (t, h, w) = grid;
         let channels = self.transformer_cfg.in_channels;
-        let mut latents = match &req.latents {
+        let noise = match &req.latents {
             Some(l) => l.to_dtype(DType::F32)?.to_device(&device)?,
             None => {
                 let noise = crate::noise::randn(settings.seed, (1, channels, t, h, w), &device)?;
                 pack_latents(&noise)?
             }
+        };
+        // Image-to-video: the image's latents are the first latent frame, noise the others (the
+        // reference's conditioning mask); those h·w tokens get timestep 0 and are never stepped.
+        let first_tokens = if req.image.is_some() { h * w } else { 0 };
+        let mut latents = match &req.image {
+            Some(image) => {
+                let first = self.encode_image(image, &settings, req.encode_noise.as_ref())?;
+                let first = pack_latents(&first)?; // (1, h·w, C)
+                let rest = noise.narrow(1, first_tokens, t * h * w - first_tokens)?;
+                Tensor::cat(&[&first, &rest], 1)?
+            }
+            None => noise,
         };
 
         // 3. Denoise with guidance `uncond + g · (cond − uncond)` (guidance_rescale 0: the
@@ -356,7 +376,15 @@ impl LtxPipeline {
             let model_input = latents
                 .to_dtype(transformer.dtype())?
                 .repeat((batch, 1, 1))?;
-            let timestep_batch = Tensor::full(timestep as f32, batch, &device)?;
+            let timestep_batch = if first_tokens == 0 {
+                Tensor::full(timestep as f32, batch, &device)?
+            } else {
+                // per token: 0 on the conditioning frame, t elsewhere
+                let n = t * h * w;
+                let zeros = Tensor::zeros((batch, first_tokens), DType::F32, &device)?;
+                let rest = Tensor::full(timestep as f32, (batch, n - first_tokens), &device)?;
+                Tensor::cat(&[&zeros, &rest], 1)?
+            };
             let out = transformer
                 .forward(&LtxTransformerInputs {
                     hidden_states: &model_input,
@@ -373,7 +401,21 @@ impl LtxPipeline {
             } else {
                 out
             };
-            latents = scheduler.step(&noise_pred, timestep, &latents)?;
+            let stepped = scheduler.step(&noise_pred, timestep, &latents)?;
+            // the step is elementwise: stepping all tokens and restoring the conditioning frame
+            // equals the reference's stepping frames 1.. only
+            latents = if first_tokens == 0 {
+                stepped
+            } else {
+                let n = t * h * w;
+                Tensor::cat(
+                    &[
+                        &latents.narrow(1, 0, first_tokens)?,
+                        &stepped.narrow(1, first_tokens, n - first_tokens)?,
+                    ],
+                    1,
+                )?
+            };
             check_finite(&latents, "latents")?;
             progress(Progress {
                 stage: Stage::Denoise,
@@ -386,6 +428,49 @@ impl LtxPipeline {
             self.transformer = None;
         }
         Ok((settings, latents, text_seconds))
+    }
+
+    /// An input image `(H, W, 3)` in [0, 1] → its normalised latents `(1, C, 1, h, w)` f32, as
+    /// `LTXImageToVideoPipeline` makes them: resized to the settings' size, encoded as a
+    /// one-frame video, the posterior *sampled* (`mean + std · ε`, ε `encode_noise` or drawn from
+    /// the seed) and normalised (`(z − mean) / std`: the reference leaves the VAE's scaling
+    /// factor out here, though it divides by it before decoding).
+    pub fn encode_image(
+        &mut self,
+        image: &Tensor,
+        settings: &Settings,
+        encode_noise: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let device = self.opts.device.clone();
+        let input = video_to_vae_input(
+            &image.unsqueeze(0)?,
+            1,
+            settings.height,
+            settings.width,
+            &device,
+        )?;
+        let vae = self.take_vae()?;
+        let encoded = (|| -> Result<Tensor> {
+            let posterior = vae.encode(&input.to_dtype(self.opts.dtype)?)?;
+            let shape = posterior.mean.dims5()?;
+            let eps = match encode_noise {
+                Some(e) if e.dims5()? == shape => e.to_dtype(DType::F32)?.to_device(&device)?,
+                Some(e) => {
+                    return Err(Error::InvalidRequest(format!(
+                        "encode noise {:?} does not fit the posterior {shape:?}",
+                        e.dims()
+                    )))
+                }
+                None => crate::noise::randn(encode_noise_seed(settings.seed), shape, &device)?,
+            };
+            let z = posterior.sample(&eps.to_dtype(posterior.mean.dtype())?)?;
+            // `_normalize_latents` with its default scaling factor 1.0, as the reference calls it
+            Ok(vae.normalize_latents_scaled(&z.to_dtype(DType::F32)?, 1.0)?)
+        })();
+        if self.opts.keep_loaded {
+            self.vae = Some(vae);
+        }
+        encoded
     }
 
     /// Step 4: packed latents `(1, T·H·W, C)` on the settings' grid → frames `(F, H, W, 3)`

@@ -426,8 +426,18 @@ impl AutoencoderKlLtxVideo {
 
     /// The inverse, for encoded latents: `(latents - mean) · scaling_factor / std`.
     pub fn normalize_latents(&self, latents: &Tensor) -> Result<Tensor> {
+        self.normalize_latents_scaled(latents, self.config.scaling_factor)
+    }
+
+    /// `(latents - mean) · scaling_factor / std` with the given factor: the image-to-video
+    /// pipeline normalises its first frame with 1.0, not the config's (diffusers 0.42.1).
+    pub fn normalize_latents_scaled(
+        &self,
+        latents: &Tensor,
+        scaling_factor: f64,
+    ) -> Result<Tensor> {
         let (mean, std) = self.latent_stats(latents)?;
-        (latents.broadcast_sub(&mean)? * self.config.scaling_factor)?.broadcast_div(&std)
+        (latents.broadcast_sub(&mean)? * scaling_factor)?.broadcast_div(&std)
     }
 
     /// The pipeline's decode noise: `(1 - s) · latents + s · noise` with one `s` per batch
