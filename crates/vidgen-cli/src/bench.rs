@@ -15,7 +15,8 @@ use vidgen::noise::NoiseRng;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Model size preset (see `vidgen init --list`).
+    /// Model size preset: a Wan preset of `vidgen init --list`, or `ltx-video-2b` /
+    /// `cogvideox-2b` (diffusers' default configs of those classes, which are the 2B models).
     #[arg(long, default_value = "wan2.1-1.3b")]
     pub preset: String,
     /// Override the transformer depth, for quicker runs.
@@ -30,9 +31,10 @@ pub struct BenchArgs {
     pub height: usize,
     #[arg(long, default_value_t = 256)]
     pub width: usize,
-    /// Text tokens of the cross-attention.
-    #[arg(long, default_value_t = 512)]
-    pub text_len: usize,
+    /// Text tokens. Default: the pipeline's (Wan 512, LTX-Video 128, CogVideoX 226, which the
+    /// 2B's position table requires).
+    #[arg(long)]
+    pub text_len: Option<usize>,
     /// f32 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
@@ -76,23 +78,6 @@ fn matmul_peak(dtype: DType) -> Result<f64> {
     Ok(2.0 * (n * n * n) as f64 / secs / 1e9)
 }
 
-/// FLOPs of one transformer forward: matmuls and attention only.
-fn dit_flops(
-    cfg: &vidgen::families::wan::config::WanTransformerConfig,
-    batch: usize,
-    n: usize,
-    l: usize,
-) -> f64 {
-    let (d, f) = (cfg.inner_dim() as f64, cfg.ffn_dim as f64);
-    let (n, l) = (n as f64, l as f64);
-    let per_layer = 2.0 * (4.0 * n * d * d) // self-attention projections
-        + 2.0 * 2.0 * n * n * d // scores and weighted sum
-        + 2.0 * (2.0 * n * d * d + 2.0 * l * d * d) // cross-attention projections
-        + 2.0 * 2.0 * n * l * d
-        + 2.0 * 2.0 * n * d * f; // MLP
-    batch as f64 * per_layer * cfg.num_layers as f64
-}
-
 pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(n) = args.threads {
         // Read by candle's kernels and rayon's pool, which start after this.
@@ -103,16 +88,49 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "bf16" => DType::BF16,
         other => bail!("unknown --dtype `{other}`; use f32 or bf16"),
     };
+    match args.preset.as_str() {
+        "ltx-video-2b" => run_ltx(&args, dtype),
+        "cogvideox-2b" => run_cogvideox(&args, dtype),
+        _ => run_wan(&args, dtype),
+    }
+}
+
+/// Rejects a size the family cannot take: frames `1 + k·tf`, sides multiples of `m`.
+fn check_size(args: &BenchArgs, tf: usize, m: usize) -> Result<()> {
+    if args.frames == 0
+        || !(args.frames - 1).is_multiple_of(tf)
+        || !args.height.is_multiple_of(m)
+        || !args.width.is_multiple_of(m)
+    {
+        bail!(
+            "--preset {}: --frames must be {tf}k+1 and --height/--width multiples of {m}",
+            args.preset
+        );
+    }
+    Ok(())
+}
+
+/// A model built from random weights (see `random_weights`), detached from its var map.
+fn random_model<M>(
+    rng: &mut NoiseRng,
+    dtype: DType,
+    build: impl Fn(VarBuilder) -> candle_core::Result<M>,
+) -> Result<M> {
+    let map = random_weights(rng, dtype, |vb| build(vb).map(|_| ()))?;
+    Ok(build(VarBuilder::from_tensors(
+        detached(&map),
+        dtype,
+        &Device::Cpu,
+    ))?)
+}
+
+fn run_wan(args: &BenchArgs, dtype: DType) -> Result<()> {
     let mut preset = presets::preset(&args.preset)?;
     if let Some(layers) = args.layers {
         preset.transformer.num_layers = layers;
     }
-    if !(args.frames - 1).is_multiple_of(4)
-        || !args.height.is_multiple_of(16)
-        || !args.width.is_multiple_of(16)
-    {
-        bail!("--frames must be 4k+1 and --height/--width multiples of 16");
-    }
+    check_size(args, 4, 16)?;
+    let text_len = args.text_len.unwrap_or(512);
     let peak = matmul_peak(dtype)?;
     let device = Device::Cpu;
     let (t, h, w) = ((args.frames - 1) / 4 + 1, args.height / 8, args.width / 8);
@@ -122,35 +140,30 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "dit" | "dit-cfg" => {
                 let batch = if part == "dit" { 1 } else { 2 };
                 let cfg = preset.transformer.clone();
-                let map = random_weights(&mut rng, dtype, |vb| {
-                    WanTransformer3D::new(&cfg, vb).map(|_| ())
-                })?;
-                let vb = VarBuilder::from_tensors(detached(&map), dtype, &device);
-                let model = WanTransformer3D::new(&cfg, vb)?;
+                let model = random_model(&mut rng, dtype, |vb| WanTransformer3D::new(&cfg, vb))?;
                 let x = vidgen::noise::randn(1, (batch, cfg.in_channels, t, h, w), &device)?;
-                let text = vidgen::noise::randn(2, (batch, args.text_len, cfg.text_dim), &device)?;
+                let text = vidgen::noise::randn(2, (batch, text_len, cfg.text_dim), &device)?;
                 let ts = Tensor::full(500f32, batch, &device)?;
                 let secs = time(args.repeats, || {
                     model.forward(&x, &ts, &text)?;
                     Ok(())
                 })?;
-                let flops = dit_flops(&cfg, batch, model.num_tokens((t, h, w)), args.text_len);
-                report(part, secs, flops, peak, &args, cfg.num_layers);
+                let n = model.num_tokens((t, h, w));
+                let flops = batch as f64
+                    * cross_dit_flops(cfg.inner_dim(), cfg.ffn_dim, n, text_len)
+                    * cfg.num_layers as f64;
+                report(part, secs, flops, peak, args, cfg.num_layers, text_len);
             }
             "vae-decode" => {
                 let cfg = preset.vae.clone();
-                let map = random_weights(&mut rng, dtype, |vb| {
-                    AutoencoderKlWan::new(&cfg, vb).map(|_| ())
-                })?;
-                let vb = VarBuilder::from_tensors(detached(&map), dtype, &device);
-                let vae = AutoencoderKlWan::new(&cfg, vb)?;
+                let vae = random_model(&mut rng, dtype, |vb| AutoencoderKlWan::new(&cfg, vb))?;
                 let z =
                     vidgen::noise::randn(3, (1, cfg.z_dim, t, h, w), &device)?.to_dtype(dtype)?;
                 let secs = time(args.repeats, || {
                     vae.decode(&z)?;
                     Ok(())
                 })?;
-                report(part, secs, f64::NAN, peak, &args, 0);
+                report(part, secs, f64::NAN, peak, args, 0, text_len);
             }
             other => bail!("unknown part `{other}`; use dit, dit-cfg or vae-decode"),
         }
@@ -158,7 +171,172 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn report(part: &str, seconds: f64, flops: f64, peak_gflops: f64, args: &BenchArgs, layers: usize) {
+fn run_ltx(args: &BenchArgs, dtype: DType) -> Result<()> {
+    use vidgen::families::ltx::config::LtxVideoTransformer3DConfig;
+    use vidgen::families::ltx::transformer::{LtxTransformerInputs, LtxVideoTransformer3D};
+    use vidgen::families::ltx::vae::{AutoencoderKlLtxVideo, AutoencoderKlLtxVideoConfig};
+    let mut cfg = LtxVideoTransformer3DConfig::default();
+    if let Some(layers) = args.layers {
+        cfg.num_layers = layers;
+    }
+    let vae_cfg = AutoencoderKlLtxVideoConfig::default();
+    let (tf, sf) = (
+        vae_cfg.temporal_compression(),
+        vae_cfg.spatial_compression(),
+    );
+    check_size(args, tf, sf)?;
+    let text_len = args.text_len.unwrap_or(128);
+    let peak = matmul_peak(dtype)?;
+    let device = Device::Cpu;
+    let grid = (
+        (args.frames - 1) / tf + 1,
+        args.height / sf,
+        args.width / sf,
+    );
+    let n = grid.0 * grid.1 * grid.2;
+    let mut rng = NoiseRng::new(0);
+    for part in args.parts.split(',').map(str::trim) {
+        match part {
+            "dit" | "dit-cfg" => {
+                let batch = if part == "dit" { 1 } else { 2 };
+                let model =
+                    random_model(&mut rng, dtype, |vb| LtxVideoTransformer3D::new(&cfg, vb))?;
+                let x = vidgen::noise::randn(1, (batch, n, cfg.in_channels), &device)?
+                    .to_dtype(dtype)?;
+                let text =
+                    vidgen::noise::randn(2, (batch, text_len, cfg.caption_channels), &device)?
+                        .to_dtype(dtype)?;
+                let ts = Tensor::full(500f32, batch, &device)?;
+                let secs = time(args.repeats, || {
+                    model.forward(&LtxTransformerInputs {
+                        hidden_states: &x,
+                        encoder_hidden_states: &text,
+                        timestep: &ts,
+                        encoder_attention_mask: None,
+                        latent_grid: grid,
+                        rope_interpolation_scale: Some([tf as f64 / 25.0, sf as f64, sf as f64]),
+                    })?;
+                    Ok(())
+                })?;
+                let d = cfg.inner_dim();
+                let flops =
+                    batch as f64 * cross_dit_flops(d, 4 * d, n, text_len) * cfg.num_layers as f64;
+                report(part, secs, flops, peak, args, cfg.num_layers, text_len);
+            }
+            "vae-decode" => {
+                let vae = random_model(&mut rng, dtype, |vb| {
+                    AutoencoderKlLtxVideo::new(&vae_cfg, vb)
+                })?;
+                let z = vidgen::noise::randn(
+                    3,
+                    (1, vae_cfg.latent_channels, grid.0, grid.1, grid.2),
+                    &device,
+                )?
+                .to_dtype(dtype)?;
+                let timestep = if vae_cfg.timestep_conditioning {
+                    Some(Tensor::new(&[0.05f32], &device)?.to_dtype(dtype)?)
+                } else {
+                    None
+                };
+                let secs = time(args.repeats, || {
+                    vae.decode(&z, timestep.as_ref())?;
+                    Ok(())
+                })?;
+                report(part, secs, f64::NAN, peak, args, 0, text_len);
+            }
+            other => bail!("unknown part `{other}`; use dit, dit-cfg or vae-decode"),
+        }
+    }
+    Ok(())
+}
+
+fn run_cogvideox(args: &BenchArgs, dtype: DType) -> Result<()> {
+    use vidgen::families::cogvideox::config::CogVideoXTransformerConfig;
+    use vidgen::families::cogvideox::transformer::CogVideoXTransformer3D;
+    use vidgen::families::cogvideox::vae::{AutoencoderKlCogVideoX, AutoencoderKlCogVideoXConfig};
+    let mut cfg = CogVideoXTransformerConfig::default();
+    if let Some(layers) = args.layers {
+        cfg.num_layers = layers;
+    }
+    let vae_cfg = AutoencoderKlCogVideoXConfig::default();
+    let sf = vae_cfg.spatial_compression();
+    check_size(args, 4, sf * cfg.patch_size)?;
+    let text_len = args.text_len.unwrap_or(cfg.max_text_seq_length);
+    if cfg.adds_position_table() && text_len != cfg.max_text_seq_length {
+        bail!(
+            "--preset cogvideox-2b: the 2B's position table is laid out for {} text tokens",
+            cfg.max_text_seq_length
+        );
+    }
+    let peak = matmul_peak(dtype)?;
+    let device = Device::Cpu;
+    let (t, h, w) = ((args.frames - 1) / 4 + 1, args.height / sf, args.width / sf);
+    let mut rng = NoiseRng::new(0);
+    for part in args.parts.split(',').map(str::trim) {
+        match part {
+            "dit" | "dit-cfg" => {
+                let batch = if part == "dit" { 1 } else { 2 };
+                let model =
+                    random_model(&mut rng, dtype, |vb| CogVideoXTransformer3D::new(&cfg, vb))?;
+                let x = vidgen::noise::randn(1, (batch, t, cfg.in_channels, h, w), &device)?
+                    .to_dtype(dtype)?;
+                let text = vidgen::noise::randn(2, (batch, text_len, cfg.text_embed_dim), &device)?
+                    .to_dtype(dtype)?;
+                let ts = Tensor::full(500f32, batch, &device)?;
+                let secs = time(args.repeats, || {
+                    model.forward(&x, &text, &ts)?;
+                    Ok(())
+                })?;
+                let n = t * (h / cfg.patch_size) * (w / cfg.patch_size);
+                let d = cfg.inner_dim();
+                let flops =
+                    batch as f64 * joint_dit_flops(d, 4 * d, n + text_len) * cfg.num_layers as f64;
+                report(part, secs, flops, peak, args, cfg.num_layers, text_len);
+            }
+            "vae-decode" => {
+                let vae = random_model(&mut rng, dtype, |vb| {
+                    AutoencoderKlCogVideoX::new(&vae_cfg, vb)
+                })?;
+                let z = vidgen::noise::randn(3, (1, vae_cfg.latent_channels, t, h, w), &device)?
+                    .to_dtype(dtype)?;
+                let secs = time(args.repeats, || {
+                    vae.decode(&z)?;
+                    Ok(())
+                })?;
+                report(part, secs, f64::NAN, peak, args, 0, text_len);
+            }
+            other => bail!("unknown part `{other}`; use dit, dit-cfg or vae-decode"),
+        }
+    }
+    Ok(())
+}
+
+/// FLOPs of one layer with self-attention over `n` tokens, cross-attention to `l` text tokens
+/// (already projected to width `d`) and an MLP of width `f`: matmuls and attention only.
+fn cross_dit_flops(d: usize, f: usize, n: usize, l: usize) -> f64 {
+    let (d, f, n, l) = (d as f64, f as f64, n as f64, l as f64);
+    2.0 * (4.0 * n * d * d) // self-attention projections
+        + 2.0 * 2.0 * n * n * d // scores and weighted sum
+        + 2.0 * (2.0 * n * d * d + 2.0 * l * d * d) // cross-attention projections
+        + 2.0 * 2.0 * n * l * d
+        + 2.0 * 2.0 * n * d * f // MLP
+}
+
+/// FLOPs of one joint-attention layer over `n` tokens (text and video together).
+fn joint_dit_flops(d: usize, f: usize, n: usize) -> f64 {
+    let (d, f, n) = (d as f64, f as f64, n as f64);
+    2.0 * (4.0 * n * d * d) + 2.0 * 2.0 * n * n * d + 2.0 * 2.0 * n * d * f
+}
+
+fn report(
+    part: &str,
+    seconds: f64,
+    flops: f64,
+    peak_gflops: f64,
+    args: &BenchArgs,
+    layers: usize,
+    text_len: usize,
+) {
     let gflops = flops / seconds / 1e9;
     let value = serde_json::json!({
         "part": part,
@@ -168,7 +346,7 @@ fn report(part: &str, seconds: f64, flops: f64, peak_gflops: f64, args: &BenchAr
         "peak_fraction": if gflops.is_finite() { Some(gflops / peak_gflops) } else { None },
         "matmul_peak_gflops": peak_gflops,
         "preset": args.preset, "layers": layers, "dtype": args.dtype,
-        "frames": args.frames, "height": args.height, "width": args.width, "text_len": args.text_len,
+        "frames": args.frames, "height": args.height, "width": args.width, "text_len": text_len,
         "threads": candle_core::utils::get_num_threads(),
     });
     println!("{value}");

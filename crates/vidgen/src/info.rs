@@ -92,7 +92,7 @@ pub fn describe(path: &Path) -> Result<ModelInfo> {
     Ok(ModelInfo {
         pipeline,
         family: "wan".into(),
-        tasks: vec!["text-to-video".into()],
+        tasks: vec!["text-to-video".into(), "video-to-video".into()],
         transformer: component(
             &dir.join("transformer"),
             format!(
@@ -140,7 +140,7 @@ fn describe_ltx(dir: PathBuf, pipeline: String) -> Result<ModelInfo> {
     Ok(ModelInfo {
         pipeline,
         family: "ltx".into(),
-        tasks: vec!["text-to-video".into()],
+        tasks: vec!["text-to-video".into(), "image-to-video".into()],
         transformer: component(
             &dir.join("transformer"),
             format!(
@@ -202,7 +202,7 @@ fn describe_cogvideox(dir: PathBuf, pipeline: String) -> Result<ModelInfo> {
     Ok(ModelInfo {
         pipeline,
         family: "cogvideox".into(),
-        tasks: vec!["text-to-video".into()],
+        tasks: vec!["text-to-video".into(), "video-to-video".into()],
         transformer: component(
             &dir.join("transformer"),
             format!(

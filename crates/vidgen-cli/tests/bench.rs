@@ -1,0 +1,69 @@
+//! `vidgen bench` prints one JSON object per part, for each family's preset, and refuses sizes
+//! a family cannot take.
+
+use std::process::Command;
+
+fn bench(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vidgen"))
+        .arg("bench")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn every_family_preset_reports_its_parts() {
+    for (preset, frames, text_len) in [
+        ("tiny", "5", 512),
+        ("ltx-video-2b", "9", 128),
+        ("cogvideox-2b", "5", 226),
+    ] {
+        let out = bench(&[
+            "--preset",
+            preset,
+            "--layers",
+            "1",
+            "--parts",
+            "dit,dit-cfg",
+            "--frames",
+            frames,
+            "--height",
+            "32",
+            "--width",
+            "32",
+            "--threads",
+            "1",
+        ]);
+        assert!(
+            out.status.success(),
+            "{preset}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{preset}");
+        for (line, part) in lines.iter().zip(["dit", "dit-cfg"]) {
+            assert_eq!(line["part"], part);
+            assert_eq!(line["preset"], preset);
+            assert_eq!(line["text_len"], text_len);
+            assert!(line["seconds"].as_f64().unwrap() > 0.0);
+            assert!(line["gflops"].as_f64().unwrap() > 0.0);
+            assert!(line["peak_rss_bytes"].as_u64().unwrap() > 0);
+        }
+    }
+    let out = bench(&[
+        "--preset",
+        "ltx-video-2b",
+        "--frames",
+        "5",
+        "--layers",
+        "1",
+        "--parts",
+        "dit",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("8k+1"));
+}
