@@ -99,6 +99,14 @@ impl PromptTokenizer {
                 ),
             });
         }
+        if !path.exists() {
+            return Err(Error::NotAModel {
+                path: path.to_path_buf(),
+                reason: "the tokenizer is missing: a model folder needs tokenizer/tokenizer.json \
+                         (or tokenizer/spiece.model, which transformers converts to it)"
+                    .into(),
+            });
+        }
         let json = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let bad = |reason: String| Error::BadConfig {
             path: path.to_path_buf(),
