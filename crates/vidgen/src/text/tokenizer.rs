@@ -290,10 +290,9 @@ mod tests {
     fn missing_or_corrupt_file_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("tokenizer.json");
-        assert!(matches!(
-            PromptTokenizer::from_file(&missing),
-            Err(Error::Io { .. })
-        ));
+        let err = PromptTokenizer::from_file(&missing).unwrap_err();
+        assert!(matches!(err, Error::NotAModel { .. }), "{err}");
+        assert!(err.to_string().contains("tokenizer is missing"), "{err}");
         std::fs::write(&missing, "{\"model\": 3}").unwrap();
         let err = PromptTokenizer::from_file(&missing).unwrap_err();
         assert!(matches!(err, Error::BadConfig { .. }), "{err}");
