@@ -54,7 +54,7 @@ fn peak_rss_bytes() -> Option<u64> {
 }
 
 /// Median seconds of `repeats` runs after one warm-up.
-fn time(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+fn time(repeats: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
     f()?;
     let mut times = Vec::with_capacity(repeats);
     for _ in 0..repeats.max(1) {
@@ -71,7 +71,7 @@ fn matmul_peak(dtype: DType) -> Result<f64> {
     let n = 1024;
     let a = Tensor::randn(0f32, 1., (n, n), &Device::Cpu)?.to_dtype(dtype)?;
     let b = Tensor::randn(0f32, 1., (n, n), &Device::Cpu)?.to_dtype(dtype)?;
-    let secs = time(3, || {
+    let secs = time(3, &mut || {
         a.matmul(&b)?;
         Ok(())
     })?;
@@ -124,6 +124,49 @@ fn random_model<M>(
     ))?)
 }
 
+/// A timed piece of work.
+type Job<'a> = Box<dyn FnMut() -> Result<()> + 'a>;
+
+/// What a family's preset gives the bench.
+struct Family<'a> {
+    layers: usize,
+    text_len: usize,
+    /// Builds the transformer (random weights) and inputs for `batch`: one forward, and its
+    /// FLOPs.
+    dit: Box<dyn Fn(usize) -> Result<(Job<'a>, f64)> + 'a>,
+    /// Builds the VAE (random weights) and latents: one decode.
+    vae_decode: Box<dyn Fn() -> Result<Job<'a>> + 'a>,
+}
+
+/// Times each of `--parts` and prints its JSON line.
+fn run_parts(args: &BenchArgs, dtype: DType, family: Family) -> Result<()> {
+    let peak = matmul_peak(dtype)?;
+    for part in args.parts.split(',').map(str::trim) {
+        match part {
+            "dit" | "dit-cfg" => {
+                let (mut forward, flops) = (family.dit)(if part == "dit" { 1 } else { 2 })?;
+                let secs = time(args.repeats, &mut forward)?;
+                report(
+                    part,
+                    secs,
+                    flops,
+                    peak,
+                    args,
+                    family.layers,
+                    family.text_len,
+                );
+            }
+            "vae-decode" => {
+                let mut decode = (family.vae_decode)()?;
+                let secs = time(args.repeats, &mut decode)?;
+                report(part, secs, f64::NAN, peak, args, 0, family.text_len);
+            }
+            other => bail!("unknown part `{other}`; use dit, dit-cfg or vae-decode"),
+        }
+    }
+    Ok(())
+}
+
 fn run_wan(args: &BenchArgs, dtype: DType) -> Result<()> {
     let mut preset = presets::preset(&args.preset)?;
     if let Some(layers) = args.layers {
@@ -131,44 +174,45 @@ fn run_wan(args: &BenchArgs, dtype: DType) -> Result<()> {
     }
     check_size(args, 4, 16)?;
     let text_len = args.text_len.unwrap_or(512);
-    let peak = matmul_peak(dtype)?;
-    let device = Device::Cpu;
     let (t, h, w) = ((args.frames - 1) / 4 + 1, args.height / 8, args.width / 8);
-    let mut rng = NoiseRng::new(0);
-    for part in args.parts.split(',').map(str::trim) {
-        match part {
-            "dit" | "dit-cfg" => {
-                let batch = if part == "dit" { 1 } else { 2 };
-                let cfg = preset.transformer.clone();
-                let model = random_model(&mut rng, dtype, |vb| WanTransformer3D::new(&cfg, vb))?;
+    let (cfg, vae_cfg) = (preset.transformer.clone(), preset.vae.clone());
+    run_parts(
+        args,
+        dtype,
+        Family {
+            layers: cfg.num_layers,
+            text_len,
+            dit: Box::new(|batch| {
+                let device = Device::Cpu;
+                let model = random_model(&mut NoiseRng::new(0), dtype, |vb| {
+                    WanTransformer3D::new(&cfg, vb)
+                })?;
                 let x = vidgen::noise::randn(1, (batch, cfg.in_channels, t, h, w), &device)?;
                 let text = vidgen::noise::randn(2, (batch, text_len, cfg.text_dim), &device)?;
                 let ts = Tensor::full(500f32, batch, &device)?;
-                let secs = time(args.repeats, || {
-                    model.forward(&x, &ts, &text)?;
-                    Ok(())
-                })?;
                 let n = model.num_tokens((t, h, w));
                 let flops = batch as f64
                     * cross_dit_flops(cfg.inner_dim(), cfg.ffn_dim, n, text_len)
                     * cfg.num_layers as f64;
-                report(part, secs, flops, peak, args, cfg.num_layers, text_len);
-            }
-            "vae-decode" => {
-                let cfg = preset.vae.clone();
-                let vae = random_model(&mut rng, dtype, |vb| AutoencoderKlWan::new(&cfg, vb))?;
-                let z =
-                    vidgen::noise::randn(3, (1, cfg.z_dim, t, h, w), &device)?.to_dtype(dtype)?;
-                let secs = time(args.repeats, || {
+                let forward: Job = Box::new(move || {
+                    model.forward(&x, &ts, &text)?;
+                    Ok(())
+                });
+                Ok((forward, flops))
+            }),
+            vae_decode: Box::new(|| {
+                let vae = random_model(&mut NoiseRng::new(1), dtype, |vb| {
+                    AutoencoderKlWan::new(&vae_cfg, vb)
+                })?;
+                let z = vidgen::noise::randn(3, (1, vae_cfg.z_dim, t, h, w), &Device::Cpu)?
+                    .to_dtype(dtype)?;
+                Ok(Box::new(move || {
                     vae.decode(&z)?;
                     Ok(())
-                })?;
-                report(part, secs, f64::NAN, peak, args, 0, text_len);
-            }
-            other => bail!("unknown part `{other}`; use dit, dit-cfg or vae-decode"),
-        }
-    }
-    Ok(())
+                }))
+            }),
+        },
+    )
 }
 
 fn run_ltx(args: &BenchArgs, dtype: DType) -> Result<()> {
@@ -186,68 +230,66 @@ fn run_ltx(args: &BenchArgs, dtype: DType) -> Result<()> {
     );
     check_size(args, tf, sf)?;
     let text_len = args.text_len.unwrap_or(128);
-    let peak = matmul_peak(dtype)?;
-    let device = Device::Cpu;
     let grid = (
         (args.frames - 1) / tf + 1,
         args.height / sf,
         args.width / sf,
     );
     let n = grid.0 * grid.1 * grid.2;
-    let mut rng = NoiseRng::new(0);
-    for part in args.parts.split(',').map(str::trim) {
-        match part {
-            "dit" | "dit-cfg" => {
-                let batch = if part == "dit" { 1 } else { 2 };
-                let model =
-                    random_model(&mut rng, dtype, |vb| LtxVideoTransformer3D::new(&cfg, vb))?;
+    run_parts(
+        args,
+        dtype,
+        Family {
+            layers: cfg.num_layers,
+            text_len,
+            dit: Box::new(|batch| {
+                let device = Device::Cpu;
+                let model = random_model(&mut NoiseRng::new(0), dtype, |vb| {
+                    LtxVideoTransformer3D::new(&cfg, vb)
+                })?;
                 let x = vidgen::noise::randn(1, (batch, n, cfg.in_channels), &device)?
                     .to_dtype(dtype)?;
                 let text =
                     vidgen::noise::randn(2, (batch, text_len, cfg.caption_channels), &device)?
                         .to_dtype(dtype)?;
                 let ts = Tensor::full(500f32, batch, &device)?;
-                let secs = time(args.repeats, || {
+                let d = cfg.inner_dim();
+                let flops =
+                    batch as f64 * cross_dit_flops(d, 4 * d, n, text_len) * cfg.num_layers as f64;
+                // LTX's default 25 fps
+                let rope_scale = [tf as f64 / 25.0, sf as f64, sf as f64];
+                let forward: Job = Box::new(move || {
                     model.forward(&LtxTransformerInputs {
                         hidden_states: &x,
                         encoder_hidden_states: &text,
                         timestep: &ts,
                         encoder_attention_mask: None,
                         latent_grid: grid,
-                        rope_interpolation_scale: Some([tf as f64 / 25.0, sf as f64, sf as f64]),
+                        rope_interpolation_scale: Some(rope_scale),
                     })?;
                     Ok(())
-                })?;
-                let d = cfg.inner_dim();
-                let flops =
-                    batch as f64 * cross_dit_flops(d, 4 * d, n, text_len) * cfg.num_layers as f64;
-                report(part, secs, flops, peak, args, cfg.num_layers, text_len);
-            }
-            "vae-decode" => {
-                let vae = random_model(&mut rng, dtype, |vb| {
+                });
+                Ok((forward, flops))
+            }),
+            vae_decode: Box::new(|| {
+                let device = Device::Cpu;
+                let vae = random_model(&mut NoiseRng::new(1), dtype, |vb| {
                     AutoencoderKlLtxVideo::new(&vae_cfg, vb)
                 })?;
-                let z = vidgen::noise::randn(
-                    3,
-                    (1, vae_cfg.latent_channels, grid.0, grid.1, grid.2),
-                    &device,
-                )?
-                .to_dtype(dtype)?;
+                let shape = (1, vae_cfg.latent_channels, grid.0, grid.1, grid.2);
+                let z = vidgen::noise::randn(3, shape, &device)?.to_dtype(dtype)?;
                 let timestep = if vae_cfg.timestep_conditioning {
                     Some(Tensor::new(&[0.05f32], &device)?.to_dtype(dtype)?)
                 } else {
                     None
                 };
-                let secs = time(args.repeats, || {
+                Ok(Box::new(move || {
                     vae.decode(&z, timestep.as_ref())?;
                     Ok(())
-                })?;
-                report(part, secs, f64::NAN, peak, args, 0, text_len);
-            }
-            other => bail!("unknown part `{other}`; use dit, dit-cfg or vae-decode"),
-        }
-    }
-    Ok(())
+                }))
+            }),
+        },
+    )
 }
 
 fn run_cogvideox(args: &BenchArgs, dtype: DType) -> Result<()> {
@@ -268,47 +310,47 @@ fn run_cogvideox(args: &BenchArgs, dtype: DType) -> Result<()> {
             cfg.max_text_seq_length
         );
     }
-    let peak = matmul_peak(dtype)?;
-    let device = Device::Cpu;
     let (t, h, w) = ((args.frames - 1) / 4 + 1, args.height / sf, args.width / sf);
-    let mut rng = NoiseRng::new(0);
-    for part in args.parts.split(',').map(str::trim) {
-        match part {
-            "dit" | "dit-cfg" => {
-                let batch = if part == "dit" { 1 } else { 2 };
-                let model =
-                    random_model(&mut rng, dtype, |vb| CogVideoXTransformer3D::new(&cfg, vb))?;
+    run_parts(
+        args,
+        dtype,
+        Family {
+            layers: cfg.num_layers,
+            text_len,
+            dit: Box::new(|batch| {
+                let device = Device::Cpu;
+                let model = random_model(&mut NoiseRng::new(0), dtype, |vb| {
+                    CogVideoXTransformer3D::new(&cfg, vb)
+                })?;
                 let x = vidgen::noise::randn(1, (batch, t, cfg.in_channels, h, w), &device)?
                     .to_dtype(dtype)?;
                 let text = vidgen::noise::randn(2, (batch, text_len, cfg.text_embed_dim), &device)?
                     .to_dtype(dtype)?;
                 let ts = Tensor::full(500f32, batch, &device)?;
-                let secs = time(args.repeats, || {
-                    model.forward(&x, &text, &ts)?;
-                    Ok(())
-                })?;
                 let n = t * (h / cfg.patch_size) * (w / cfg.patch_size);
                 let d = cfg.inner_dim();
                 let flops =
                     batch as f64 * joint_dit_flops(d, 4 * d, n + text_len) * cfg.num_layers as f64;
-                report(part, secs, flops, peak, args, cfg.num_layers, text_len);
-            }
-            "vae-decode" => {
-                let vae = random_model(&mut rng, dtype, |vb| {
+                let forward: Job = Box::new(move || {
+                    model.forward(&x, &text, &ts)?;
+                    Ok(())
+                });
+                Ok((forward, flops))
+            }),
+            vae_decode: Box::new(|| {
+                let vae = random_model(&mut NoiseRng::new(1), dtype, |vb| {
                     AutoencoderKlCogVideoX::new(&vae_cfg, vb)
                 })?;
-                let z = vidgen::noise::randn(3, (1, vae_cfg.latent_channels, t, h, w), &device)?
-                    .to_dtype(dtype)?;
-                let secs = time(args.repeats, || {
+                let z =
+                    vidgen::noise::randn(3, (1, vae_cfg.latent_channels, t, h, w), &Device::Cpu)?
+                        .to_dtype(dtype)?;
+                Ok(Box::new(move || {
                     vae.decode(&z)?;
                     Ok(())
-                })?;
-                report(part, secs, f64::NAN, peak, args, 0, text_len);
-            }
-            other => bail!("unknown part `{other}`; use dit, dit-cfg or vae-decode"),
-        }
-    }
-    Ok(())
+                }))
+            }),
+        },
+    )
 }
 
 /// FLOPs of one layer with self-attention over `n` tokens, cross-attention to `l` text tokens

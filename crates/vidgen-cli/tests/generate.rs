@@ -51,6 +51,20 @@ fn save_latents(path: &Path, latents: &Tensor) {
     .unwrap();
 }
 
+/// Largest difference between the frames `--save-frames` wrote to `path` and `want`.
+fn saved_frames_error(path: &Path, want: &Tensor) -> f32 {
+    let got = candle_core::safetensors::load(path, &Device::Cpu).unwrap()["frames"].clone();
+    assert_eq!(got.dims(), want.dims());
+    (got - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 /// Runs the fixture's pipeline call through the CLI and compares frames with diffusers'.
 fn pipeline_parity(model: &Path, scheduler: &str) {
     let tmp = tempfile::tempdir().unwrap();
@@ -81,17 +95,7 @@ fn pipeline_parity(model: &Path, scheduler: &str) {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(out.is_file());
-    let got = candle_core::safetensors::load(&frames, &Device::Cpu).unwrap()["frames"].clone();
-    let want = &refs[&format!("pipeline.{scheduler}.frames")];
-    assert_eq!(got.dims(), want.dims());
-    let err = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let err = saved_frames_error(&frames, &refs[&format!("pipeline.{scheduler}.frames")]);
     println!("{scheduler}: frames max abs error {err:e}");
     assert!(err <= 2e-3, "{scheduler}: frames max abs error {err}");
 }
@@ -457,54 +461,22 @@ fn video_to_video_matches_diffusers_through_the_cli() {
         tmp.path().join("out.mp4").to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let got = candle_core::safetensors::load(&saved, &Device::Cpu).unwrap()["frames"].clone();
-    let want = &refs["unipc.frames"];
-    let err = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let err = saved_frames_error(&saved, &refs["unipc.frames"]);
     println!("video-to-video: frames max abs error {err:e}");
     assert!(err <= 2e-3, "video-to-video: frames max abs error {err}");
 
-    // image-to-video on a model that does not do it: the modes it does are named
+    // image-to-video on a model that does not do it: the modes it does are named; a file that
+    // is not a video
+    let model = fixture().join("pipeline");
     let image = tmp.path().join("first.png");
     vidgen_video::write(&image, &frames).unwrap();
-    let o = vidgen(&[
-        "generate",
-        "a ball",
-        "--model",
-        fixture().join("pipeline").to_str().unwrap(),
-        "--image",
-        image.to_str().unwrap(),
-        "-o",
-        tmp.path().join("i2v.mp4").to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success());
+    let stderr = fails(&model, &["--image", image.to_str().unwrap()], "i2v.mp4");
     assert!(
         stderr.contains("image-to-video") && stderr.contains("video-to-video"),
         "{stderr}"
     );
-    // a file that is not a video
     let bogus = tmp.path().join("bogus.mp4");
     std::fs::write(&bogus, b"not a video").unwrap();
-    let o = vidgen(&[
-        "generate",
-        "a ball",
-        "--model",
-        fixture().join("pipeline").to_str().unwrap(),
-        "--video",
-        bogus.to_str().unwrap(),
-        "-o",
-        tmp.path().join("v2v.mp4").to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && stderr.contains("--video"),
-        "{stderr}"
-    );
+    let stderr = fails(&model, &["--video", bogus.to_str().unwrap()], "v2v.mp4");
+    assert!(stderr.contains("--video"), "{stderr}");
 }
