@@ -55,6 +55,14 @@ pub fn scaled_dot_product_attention_with_bias(
     };
     let dtype = q.dtype();
     let scale = 1.0 / (d as f64).sqrt();
+    let trained =
+        q.track_op() || k.track_op() || v.track_op() || bias.as_ref().is_some_and(|b| b.track_op());
+    let key_bias_only = bias
+        .as_ref()
+        .is_none_or(|b| b.dim(2).is_ok_and(|bn| bn == 1));
+    if q.device().is_cpu() && !trained && key_bias_only && !generic_forced() {
+        return fused_cpu(q, k, v, bias.as_ref(), scale as f32)?.to_dtype(dtype);
+    }
     let q = q.to_dtype(DType::F32)?;
     let kt = k.to_dtype(DType::F32)?.transpose(2, 3)?.contiguous()?; // (B, H, d, M)
     let v = v.to_dtype(DType::F32)?.contiguous()?;
@@ -84,6 +92,73 @@ pub fn scaled_dot_product_attention_with_bias(
         Tensor::cat(&outputs, 2)?
     };
     out.to_dtype(dtype)
+}
+
+/// `VIDGEN_ATTENTION=generic` turns the fused CPU kernel off (for benchmarks: the same run
+/// with and without it).
+fn generic_forced() -> bool {
+    static GENERIC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *GENERIC.get_or_init(|| std::env::var("VIDGEN_ATTENTION").is_ok_and(|v| v == "generic"))
+}
+
+/// The fused CPU kernel ([`super::flash`]) on f32 copies of the inputs (no copy when they are
+/// already contiguous f32); `bias` is `(B', H', 1, M)`.
+fn fused_cpu(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+    scale: f32,
+) -> Result<Tensor> {
+    let (b, h, n, d) = q.dims4()?;
+    let m = k.dim(2)?;
+    let prep = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
+    let (q, k, v) = (prep(q)?, prep(k)?, prep(v)?);
+    let bias = bias.map(prep).transpose()?;
+    let bias_rows = match &bias {
+        Some(bias) => {
+            let (bb, bh, _, _) = bias.dims4()?;
+            Some((bias.flatten_all()?.to_vec1::<f32>()?, bb, bh))
+        }
+        None => None,
+    };
+    let key_bias = bias_rows
+        .as_ref()
+        .map(|(values, bb, bh)| super::flash::KeyBias {
+            values,
+            m,
+            batch_rows: *bb,
+            heads: h,
+            per_head: *bh == h && h > 1,
+        });
+    let out = with_f32_slice(&q, |q| {
+        with_f32_slice(&k, |k| {
+            with_f32_slice(&v, |v| {
+                Ok(super::flash::attention_f32(
+                    q,
+                    k,
+                    v,
+                    key_bias,
+                    (b * h, n, m, d),
+                    scale,
+                ))
+            })
+        })
+    })?;
+    Tensor::from_vec(out, (b, h, n, d), q.device())
+}
+
+/// Calls `f` with the data of a contiguous f32 CPU tensor.
+fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => {
+            let data = cpu.as_slice::<f32>()?;
+            let start = layout.start_offset();
+            f(&data[start..start + t.elem_count()])
+        }
+        _ => bail!("with_f32_slice: not a CPU tensor"),
+    }
 }
 
 /// Reference attention with the whole score matrix; the oracle for tests.
@@ -136,6 +211,45 @@ mod tests {
         assert!(err < 1e-5, "max abs error {err}");
         let wrong = Tensor::zeros((1, 1, 1, 6), DType::F32, &dev)?;
         assert!(scaled_dot_product_attention_with_bias(&q, &k, &v, Some(&wrong)).is_err());
+        Ok(())
+    }
+
+    /// The generic blocked path (what runs on other devices and under training).
+    fn generic(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        // a tracked input takes the composite path
+        let q = candle_core::Var::from_tensor(q)?;
+        scaled_dot_product_attention_with_bias(q.as_tensor(), k, v, bias)
+    }
+
+    #[test]
+    fn fused_cpu_kernel_matches_the_generic_path() -> Result<()> {
+        let dev = Device::Cpu;
+        // several key tiles (BK = 256) and query tiles (BQ = 64) with ragged ends
+        for (b, h, n, m, d) in [(1, 2, 300, 600, 64), (2, 3, 65, 257, 16), (1, 1, 1, 1, 8)] {
+            let q = Tensor::randn(0f32, 1., (b, h, n, d), &dev)?;
+            let k = Tensor::randn(0f32, 1., (b, h, m, d), &dev)?;
+            let v = Tensor::randn(0f32, 1., (b, h, m, d), &dev)?;
+            let mask: Vec<f32> = (0..b * m)
+                .map(|j| if j % 7 == 3 { -1e9 } else { 0.0 })
+                .collect();
+            let key_bias = Tensor::new(mask, &dev)?.reshape((b, 1, 1, m))?;
+            let head_bias = Tensor::randn(0f32, 1., (b, h, 1, m), &dev)?;
+            for bias in [None, Some(&key_bias), Some(&head_bias)] {
+                let got = scaled_dot_product_attention_with_bias(&q, &k, &v, bias)?;
+                let want = generic(&q, &k, &v, bias)?;
+                let err = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(
+                    err < 2e-5,
+                    "{:?} bias {:?}: max abs error {err}",
+                    (b, h, n, m, d),
+                    bias.map(|t| t.dims().to_vec())
+                );
+            }
+        }
+        // bf16 inputs come back bf16
+        let q = Tensor::randn(0f32, 1., (1, 2, 70, 32), &dev)?.to_dtype(DType::BF16)?;
+        let out = scaled_dot_product_attention(&q, &q, &q)?;
+        assert_eq!(out.dtype(), DType::BF16);
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod conv3d;
 pub mod embed;
+pub mod flash;
 pub mod linear;
 pub mod norm;
 pub mod patch;
