@@ -22,7 +22,8 @@ pub struct BenchArgs {
     /// Override the transformer depth, for quicker runs.
     #[arg(long)]
     pub layers: Option<usize>,
-    /// Comma-separated parts: dit, dit-cfg (prompt and negative prompt as one batch of 2), vae-decode.
+    /// Comma-separated parts: dit, dit-cfg (prompt and negative prompt as one batch of 2),
+    /// vae-decode, vae-encode.
     #[arg(long, default_value = "dit,vae-decode")]
     pub parts: String,
     #[arg(long, default_value_t = 17)]
@@ -134,8 +135,15 @@ struct Family<'a> {
     /// Builds the transformer (random weights) and inputs for `batch`: one forward, and its
     /// FLOPs.
     dit: Box<dyn Fn(usize) -> Result<(Job<'a>, f64)> + 'a>,
-    /// Builds the VAE (random weights) and latents: one decode.
-    vae_decode: Box<dyn Fn() -> Result<Job<'a>> + 'a>,
+    /// Builds the VAE (random weights) and its input: one decode of latents, or (`true`) one
+    /// encode of the video.
+    vae: Box<dyn Fn(bool) -> Result<Job<'a>> + 'a>,
+}
+
+/// A random video `(1, 3, frames, height, width)` in [-1, 1] at the bench's size.
+fn random_video(args: &BenchArgs, dtype: DType) -> Result<Tensor> {
+    let shape = (1, 3, args.frames, args.height, args.width);
+    Ok(Tensor::rand(-1f32, 1f32, shape, &Device::Cpu)?.to_dtype(dtype)?)
 }
 
 /// Times each of `--parts` and prints its JSON line.
@@ -156,12 +164,12 @@ fn run_parts(args: &BenchArgs, dtype: DType, family: Family) -> Result<()> {
                     family.text_len,
                 );
             }
-            "vae-decode" => {
-                let mut decode = (family.vae_decode)()?;
-                let secs = time(args.repeats, &mut decode)?;
+            "vae-decode" | "vae-encode" => {
+                let mut job = (family.vae)(part == "vae-encode")?;
+                let secs = time(args.repeats, &mut job)?;
                 report(part, secs, f64::NAN, peak, args, 0, family.text_len);
             }
-            other => bail!("unknown part `{other}`; use dit, dit-cfg or vae-decode"),
+            other => bail!("unknown part `{other}`; use dit, dit-cfg, vae-decode or vae-encode"),
         }
     }
     Ok(())
@@ -200,10 +208,17 @@ fn run_wan(args: &BenchArgs, dtype: DType) -> Result<()> {
                 });
                 Ok((forward, flops))
             }),
-            vae_decode: Box::new(|| {
+            vae: Box::new(|encode| {
                 let vae = random_model(&mut NoiseRng::new(1), dtype, |vb| {
                     AutoencoderKlWan::new(&vae_cfg, vb)
                 })?;
+                if encode {
+                    let video = random_video(args, dtype)?;
+                    return Ok(Box::new(move || {
+                        vae.encode(&video)?;
+                        Ok(())
+                    }));
+                }
                 let z = vidgen::noise::randn(3, (1, vae_cfg.z_dim, t, h, w), &Device::Cpu)?
                     .to_dtype(dtype)?;
                 Ok(Box::new(move || {
@@ -271,11 +286,18 @@ fn run_ltx(args: &BenchArgs, dtype: DType) -> Result<()> {
                 });
                 Ok((forward, flops))
             }),
-            vae_decode: Box::new(|| {
+            vae: Box::new(|encode| {
                 let device = Device::Cpu;
                 let vae = random_model(&mut NoiseRng::new(1), dtype, |vb| {
                     AutoencoderKlLtxVideo::new(&vae_cfg, vb)
                 })?;
+                if encode {
+                    let video = random_video(args, dtype)?;
+                    return Ok(Box::new(move || {
+                        vae.encode(&video)?;
+                        Ok(())
+                    }));
+                }
                 let shape = (1, vae_cfg.latent_channels, grid.0, grid.1, grid.2);
                 let z = vidgen::noise::randn(3, shape, &device)?.to_dtype(dtype)?;
                 let timestep = if vae_cfg.timestep_conditioning {
@@ -337,10 +359,17 @@ fn run_cogvideox(args: &BenchArgs, dtype: DType) -> Result<()> {
                 });
                 Ok((forward, flops))
             }),
-            vae_decode: Box::new(|| {
+            vae: Box::new(|encode| {
                 let vae = random_model(&mut NoiseRng::new(1), dtype, |vb| {
                     AutoencoderKlCogVideoX::new(&vae_cfg, vb)
                 })?;
+                if encode {
+                    let video = random_video(args, dtype)?;
+                    return Ok(Box::new(move || {
+                        vae.encode(&video)?;
+                        Ok(())
+                    }));
+                }
                 let z =
                     vidgen::noise::randn(3, (1, vae_cfg.latent_channels, t, h, w), &Device::Cpu)?
                         .to_dtype(dtype)?;
