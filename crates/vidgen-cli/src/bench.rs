@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use clap::Args;
@@ -15,6 +15,9 @@ use vidgen::noise::NoiseRng;
 
 #[derive(Args)]
 pub struct BenchArgs {
+    /// A model folder to time with its own weights and configs (instead of --preset).
+    #[arg(long)]
+    pub model: Option<std::path::PathBuf>,
     /// Model size preset: a Wan preset of `vidgen init --list`, or `ltx-video-2b` /
     /// `cogvideox-2b` (diffusers' default configs of those classes, which are the 2B models).
     #[arg(long, default_value = "wan2.1-1.3b")]
@@ -89,10 +92,92 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "bf16" => DType::BF16,
         other => bail!("unknown --dtype `{other}`; use f32 or bf16"),
     };
+    if let Some(dir) = &args.model {
+        let dir = vidgen::checkpoint::resolve_model_dir(dir)?;
+        let source = Source::Folder(dir.clone());
+        let class = vidgen::checkpoint::class_name(&dir.join("model_index.json"))?;
+        return match class.as_str() {
+            "WanPipeline" => run_wan(
+                &args,
+                dtype,
+                config(&dir, "transformer")?,
+                config(&dir, "vae")?,
+                source,
+            ),
+            "LTXPipeline" => run_ltx(
+                &args,
+                dtype,
+                config(&dir, "transformer")?,
+                config(&dir, "vae")?,
+                source,
+            ),
+            "CogVideoXPipeline" => run_cogvideox(
+                &args,
+                dtype,
+                config(&dir, "transformer")?,
+                config(&dir, "vae")?,
+                source,
+            ),
+            other => bail!(
+                "{}: `{other}` is not a pipeline vidgen runs; supported: {}",
+                dir.display(),
+                vidgen::pipeline::SUPPORTED_PIPELINES.join(", ")
+            ),
+        };
+    }
     match args.preset.as_str() {
-        "ltx-video-2b" => run_ltx(&args, dtype),
-        "cogvideox-2b" => run_cogvideox(&args, dtype),
-        _ => run_wan(&args, dtype),
+        "ltx-video-2b" => run_ltx(
+            &args,
+            dtype,
+            Default::default(),
+            Default::default(),
+            Source::Random,
+        ),
+        "cogvideox-2b" => run_cogvideox(
+            &args,
+            dtype,
+            Default::default(),
+            Default::default(),
+            Source::Random,
+        ),
+        name => {
+            let preset = presets::preset(name)?;
+            run_wan(&args, dtype, preset.transformer, preset.vae, Source::Random)
+        }
+    }
+}
+
+/// Where a benchmarked component's weights come from.
+enum Source {
+    /// Random, at the config's sizes.
+    Random,
+    /// A model folder's component subfolders.
+    Folder(std::path::PathBuf),
+}
+
+/// A component's `config.json` in a model folder.
+fn config<T: serde::de::DeserializeOwned>(dir: &std::path::Path, component: &str) -> Result<T> {
+    let path = dir.join(component).join("config.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// `build` with weights from `source`: random (seeded by `seed`) or the folder's `component`.
+fn model<M>(
+    source: &Source,
+    component: &str,
+    seed: u64,
+    dtype: DType,
+    build: impl Fn(VarBuilder) -> candle_core::Result<M>,
+) -> Result<M> {
+    match source {
+        Source::Random => random_model(&mut NoiseRng::new(seed), dtype, build),
+        Source::Folder(dir) => {
+            let weights =
+                vidgen::checkpoint::Weights::open(&dir.join(component), dtype, &Device::Cpu)?;
+            Ok(build(weights.var_builder())?)
+        }
     }
 }
 
@@ -103,10 +188,7 @@ fn check_size(args: &BenchArgs, tf: usize, m: usize) -> Result<()> {
         || !args.height.is_multiple_of(m)
         || !args.width.is_multiple_of(m)
     {
-        bail!(
-            "--preset {}: --frames must be {tf}k+1 and --height/--width multiples of {m}",
-            args.preset
-        );
+        bail!("this model: --frames must be {tf}k+1 and --height/--width multiples of {m}");
     }
     Ok(())
 }
@@ -128,7 +210,7 @@ fn random_model<M>(
 /// A timed piece of work.
 type Job<'a> = Box<dyn FnMut() -> Result<()> + 'a>;
 
-/// What a family's preset gives the bench.
+/// What a family's model (preset or folder) gives the bench.
 struct Family<'a> {
     layers: usize,
     text_len: usize,
@@ -175,15 +257,28 @@ fn run_parts(args: &BenchArgs, dtype: DType, family: Family) -> Result<()> {
     Ok(())
 }
 
-fn run_wan(args: &BenchArgs, dtype: DType) -> Result<()> {
-    let mut preset = presets::preset(&args.preset)?;
+fn run_wan(
+    args: &BenchArgs,
+    dtype: DType,
+    mut cfg: vidgen::families::wan::config::WanTransformerConfig,
+    vae_cfg: vidgen::families::wan::vae::AutoencoderKlWanConfig,
+    source: Source,
+) -> Result<()> {
     if let Some(layers) = args.layers {
-        preset.transformer.num_layers = layers;
+        cfg.num_layers = layers;
     }
-    check_size(args, 4, 16)?;
+    let (tf, sf) = (
+        vae_cfg.temporal_compression(),
+        vae_cfg.spatial_compression(),
+    );
+    let (_, ph, pw) = cfg.patch().map_err(anyhow::Error::msg)?;
+    check_size(args, tf, sf * ph.max(pw))?;
     let text_len = args.text_len.unwrap_or(512);
-    let (t, h, w) = ((args.frames - 1) / 4 + 1, args.height / 8, args.width / 8);
-    let (cfg, vae_cfg) = (preset.transformer.clone(), preset.vae.clone());
+    let (t, h, w) = (
+        (args.frames - 1) / tf + 1,
+        args.height / sf,
+        args.width / sf,
+    );
     run_parts(
         args,
         dtype,
@@ -192,7 +287,7 @@ fn run_wan(args: &BenchArgs, dtype: DType) -> Result<()> {
             text_len,
             dit: Box::new(|batch| {
                 let device = Device::Cpu;
-                let model = random_model(&mut NoiseRng::new(0), dtype, |vb| {
+                let model = model(&source, "transformer", 0, dtype, |vb| {
                     WanTransformer3D::new(&cfg, vb)
                 })?;
                 let x = vidgen::noise::randn(1, (batch, cfg.in_channels, t, h, w), &device)?;
@@ -209,7 +304,7 @@ fn run_wan(args: &BenchArgs, dtype: DType) -> Result<()> {
                 Ok((forward, flops))
             }),
             vae: Box::new(|encode| {
-                let vae = random_model(&mut NoiseRng::new(1), dtype, |vb| {
+                let vae = model(&source, "vae", 1, dtype, |vb| {
                     AutoencoderKlWan::new(&vae_cfg, vb)
                 })?;
                 if encode {
@@ -230,15 +325,18 @@ fn run_wan(args: &BenchArgs, dtype: DType) -> Result<()> {
     )
 }
 
-fn run_ltx(args: &BenchArgs, dtype: DType) -> Result<()> {
-    use vidgen::families::ltx::config::LtxVideoTransformer3DConfig;
+fn run_ltx(
+    args: &BenchArgs,
+    dtype: DType,
+    mut cfg: vidgen::families::ltx::config::LtxVideoTransformer3DConfig,
+    vae_cfg: vidgen::families::ltx::vae::AutoencoderKlLtxVideoConfig,
+    source: Source,
+) -> Result<()> {
     use vidgen::families::ltx::transformer::{LtxTransformerInputs, LtxVideoTransformer3D};
-    use vidgen::families::ltx::vae::{AutoencoderKlLtxVideo, AutoencoderKlLtxVideoConfig};
-    let mut cfg = LtxVideoTransformer3DConfig::default();
+    use vidgen::families::ltx::vae::AutoencoderKlLtxVideo;
     if let Some(layers) = args.layers {
         cfg.num_layers = layers;
     }
-    let vae_cfg = AutoencoderKlLtxVideoConfig::default();
     let (tf, sf) = (
         vae_cfg.temporal_compression(),
         vae_cfg.spatial_compression(),
@@ -259,7 +357,7 @@ fn run_ltx(args: &BenchArgs, dtype: DType) -> Result<()> {
             text_len,
             dit: Box::new(|batch| {
                 let device = Device::Cpu;
-                let model = random_model(&mut NoiseRng::new(0), dtype, |vb| {
+                let model = model(&source, "transformer", 0, dtype, |vb| {
                     LtxVideoTransformer3D::new(&cfg, vb)
                 })?;
                 let x = vidgen::noise::randn(1, (batch, n, cfg.in_channels), &device)?
@@ -288,7 +386,7 @@ fn run_ltx(args: &BenchArgs, dtype: DType) -> Result<()> {
             }),
             vae: Box::new(|encode| {
                 let device = Device::Cpu;
-                let vae = random_model(&mut NoiseRng::new(1), dtype, |vb| {
+                let vae = model(&source, "vae", 1, dtype, |vb| {
                     AutoencoderKlLtxVideo::new(&vae_cfg, vb)
                 })?;
                 if encode {
@@ -314,21 +412,24 @@ fn run_ltx(args: &BenchArgs, dtype: DType) -> Result<()> {
     )
 }
 
-fn run_cogvideox(args: &BenchArgs, dtype: DType) -> Result<()> {
-    use vidgen::families::cogvideox::config::CogVideoXTransformerConfig;
+fn run_cogvideox(
+    args: &BenchArgs,
+    dtype: DType,
+    mut cfg: vidgen::families::cogvideox::config::CogVideoXTransformerConfig,
+    vae_cfg: vidgen::families::cogvideox::vae::AutoencoderKlCogVideoXConfig,
+    source: Source,
+) -> Result<()> {
     use vidgen::families::cogvideox::transformer::CogVideoXTransformer3D;
-    use vidgen::families::cogvideox::vae::{AutoencoderKlCogVideoX, AutoencoderKlCogVideoXConfig};
-    let mut cfg = CogVideoXTransformerConfig::default();
+    use vidgen::families::cogvideox::vae::AutoencoderKlCogVideoX;
     if let Some(layers) = args.layers {
         cfg.num_layers = layers;
     }
-    let vae_cfg = AutoencoderKlCogVideoXConfig::default();
     let sf = vae_cfg.spatial_compression();
     check_size(args, 4, sf * cfg.patch_size)?;
     let text_len = args.text_len.unwrap_or(cfg.max_text_seq_length);
     if cfg.adds_position_table() && text_len != cfg.max_text_seq_length {
         bail!(
-            "--preset cogvideox-2b: the 2B's position table is laid out for {} text tokens",
+            "this CogVideoX's position table is laid out for {} text tokens (--text-len)",
             cfg.max_text_seq_length
         );
     }
@@ -341,7 +442,7 @@ fn run_cogvideox(args: &BenchArgs, dtype: DType) -> Result<()> {
             text_len,
             dit: Box::new(|batch| {
                 let device = Device::Cpu;
-                let model = random_model(&mut NoiseRng::new(0), dtype, |vb| {
+                let model = model(&source, "transformer", 0, dtype, |vb| {
                     CogVideoXTransformer3D::new(&cfg, vb)
                 })?;
                 let x = vidgen::noise::randn(1, (batch, t, cfg.in_channels, h, w), &device)?
@@ -360,7 +461,7 @@ fn run_cogvideox(args: &BenchArgs, dtype: DType) -> Result<()> {
                 Ok((forward, flops))
             }),
             vae: Box::new(|encode| {
-                let vae = random_model(&mut NoiseRng::new(1), dtype, |vb| {
+                let vae = model(&source, "vae", 1, dtype, |vb| {
                     AutoencoderKlCogVideoX::new(&vae_cfg, vb)
                 })?;
                 if encode {
@@ -416,7 +517,8 @@ fn report(
         "gflops": if gflops.is_finite() { Some(gflops) } else { None },
         "peak_fraction": if gflops.is_finite() { Some(gflops / peak_gflops) } else { None },
         "matmul_peak_gflops": peak_gflops,
-        "preset": args.preset, "layers": layers, "dtype": args.dtype,
+        "preset": if args.model.is_some() { None } else { Some(&args.preset) },
+        "model": args.model, "layers": layers, "dtype": args.dtype,
         "frames": args.frames, "height": args.height, "width": args.width, "text_len": text_len,
         "threads": candle_core::utils::get_num_threads(),
     });
