@@ -339,6 +339,12 @@ fn errors_name_the_field_and_never_a_path() {
             422,
             "size",
         ),
+        // a size whose product would wrap a 64-bit budget check
+        (
+            json!({"prompt": "a ball", "size": "4294967296x4294967296"}),
+            422,
+            "size",
+        ),
     ];
     for (body, want, param) in cases {
         let (status, _, error) = call("POST", "/v1/videos", Some(body.clone()));

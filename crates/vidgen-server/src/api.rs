@@ -758,8 +758,14 @@ fn plan_job(
     .map_err(|e| {
         let param = match &e {
             vidgen::Error::InvalidRequest(m) if m.contains("image-to-video") => "input_reference",
-            vidgen::Error::InvalidRequest(m) if m.contains("frame") => "seconds",
-            vidgen::Error::InvalidRequest(m) if m.contains("step") => "steps",
+            // the pipelines' messages about the frame count start with "frames" or name the
+            // latent frame count; about steps, with "steps"
+            vidgen::Error::InvalidRequest(m)
+                if m.starts_with("frames") || m.contains("latent frame count") =>
+            {
+                "seconds"
+            }
+            vidgen::Error::InvalidRequest(m) if m.starts_with("steps") => "steps",
             _ => "size",
         };
         match e {
@@ -772,8 +778,12 @@ fn plan_job(
         }
     })?;
     drop(validator);
-    let pixels = (settings.num_frames * settings.height * settings.width * steps) as u64;
-    if pixels > app.cfg.max_pixels_per_job {
+    // u128: a hostile size must not wrap around the budget
+    let pixels = settings.num_frames as u128
+        * settings.height as u128
+        * settings.width as u128
+        * steps as u128;
+    if pixels > app.cfg.max_pixels_per_job as u128 {
         return Err(ApiError::unprocessable(
             "size",
             format!(
