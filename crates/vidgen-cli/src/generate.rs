@@ -404,10 +404,5 @@ fn sidecar_path(output: &Path) -> PathBuf {
 
 /// Writes to a temporary file in the same folder, then renames into place.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp-{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
+    vidgen_video::write_atomic(path, bytes).with_context(|| format!("writing {}", path.display()))
 }

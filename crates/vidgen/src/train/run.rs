@@ -479,12 +479,13 @@ fn load_into(varmap: &VarMap, dir: &Path, device: &Device) -> Result<()> {
     Ok(())
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
-/// crash leaves the old file or the new one, never half of one.
+/// Writes `bytes` to `path` through a synced temporary file in the same folder and a rename, so
+/// a crash leaves the old file or the new one, never half of one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    vidgen_video::write_atomic(path, bytes).map_err(|e| match e {
+        vidgen_video::Error::Io { path, source } => Error::Io { path, source },
+        other => Error::io(path, std::io::Error::other(other.to_string())),
+    })
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
