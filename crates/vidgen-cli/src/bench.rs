@@ -222,6 +222,18 @@ struct Family<'a> {
     vae: Box<dyn Fn(bool) -> Result<Job<'a>> + 'a>,
 }
 
+/// A job that runs `run(model, input)`, its result dropped.
+fn job<'a, M: 'a, O>(
+    model: M,
+    input: Tensor,
+    run: impl Fn(&M, &Tensor) -> candle_core::Result<O> + 'a,
+) -> Result<Job<'a>> {
+    Ok(Box::new(move || {
+        run(&model, &input)?;
+        Ok(())
+    }))
+}
+
 /// A random video `(1, 3, frames, height, width)` in [-1, 1] at the bench's size.
 fn random_video(args: &BenchArgs, dtype: DType) -> Result<Tensor> {
     let shape = (1, 3, args.frames, args.height, args.width);
@@ -308,18 +320,11 @@ fn run_wan(
                     AutoencoderKlWan::new(&vae_cfg, vb)
                 })?;
                 if encode {
-                    let video = random_video(args, dtype)?;
-                    return Ok(Box::new(move || {
-                        vae.encode(&video)?;
-                        Ok(())
-                    }));
+                    return job(vae, random_video(args, dtype)?, |vae, x| vae.encode(x));
                 }
                 let z = vidgen::noise::randn(3, (1, vae_cfg.z_dim, t, h, w), &Device::Cpu)?
                     .to_dtype(dtype)?;
-                Ok(Box::new(move || {
-                    vae.decode(&z)?;
-                    Ok(())
-                }))
+                job(vae, z, |vae, z| vae.decode(z))
             }),
         },
     )
@@ -390,11 +395,7 @@ fn run_ltx(
                     AutoencoderKlLtxVideo::new(&vae_cfg, vb)
                 })?;
                 if encode {
-                    let video = random_video(args, dtype)?;
-                    return Ok(Box::new(move || {
-                        vae.encode(&video)?;
-                        Ok(())
-                    }));
+                    return job(vae, random_video(args, dtype)?, |vae, x| vae.encode(x));
                 }
                 let shape = (1, vae_cfg.latent_channels, grid.0, grid.1, grid.2);
                 let z = vidgen::noise::randn(3, shape, &device)?.to_dtype(dtype)?;
@@ -403,10 +404,7 @@ fn run_ltx(
                 } else {
                     None
                 };
-                Ok(Box::new(move || {
-                    vae.decode(&z, timestep.as_ref())?;
-                    Ok(())
-                }))
+                job(vae, z, move |vae, z| vae.decode(z, timestep.as_ref()))
             }),
         },
     )
@@ -465,19 +463,12 @@ fn run_cogvideox(
                     AutoencoderKlCogVideoX::new(&vae_cfg, vb)
                 })?;
                 if encode {
-                    let video = random_video(args, dtype)?;
-                    return Ok(Box::new(move || {
-                        vae.encode(&video)?;
-                        Ok(())
-                    }));
+                    return job(vae, random_video(args, dtype)?, |vae, x| vae.encode(x));
                 }
                 let z =
                     vidgen::noise::randn(3, (1, vae_cfg.latent_channels, t, h, w), &Device::Cpu)?
                         .to_dtype(dtype)?;
-                Ok(Box::new(move || {
-                    vae.decode(&z)?;
-                    Ok(())
-                }))
+                job(vae, z, |vae, z| vae.decode(z))
             }),
         },
     )
