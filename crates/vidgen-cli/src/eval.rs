@@ -17,7 +17,7 @@ use vidgen::data::{sample_clip, Split, WorldSpec};
 use vidgen::eval::{score_clip, summarize, ClipScore, Summary};
 use vidgen::families::wan::vae::{AutoencoderKlWan, AutoencoderKlWanConfig};
 use vidgen::noise::NoiseRng;
-use vidgen::pipeline::{GenerateRequest, LoadOptions, VideoPipeline};
+use vidgen::pipeline::{video_to_vae_input, GenerateRequest, LoadOptions, VideoPipeline};
 
 use crate::generate::{builtin_model, parse_device, parse_dtype, write_atomic};
 
@@ -70,7 +70,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
         (model, _) => Some(load(model.clone(), &args)?),
     };
     let vae = match &pipeline {
-        Some(p) if args.reconstruct => Some(load_vae(p.dir(), &args)?),
+        Some(p) if args.reconstruct => {
+            let (dtype, device) = (parse_dtype(&args.dtype)?, parse_device(&args.device)?);
+            Some((load_vae(p.dir(), dtype, &device)?, dtype, device))
+        }
         _ => None,
     };
     let split = match args.split.as_str() {
@@ -115,15 +118,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
             let n = spec.num_frames * spec.height * spec.width * 3;
             let noise = (0..n).map(|_| rng.uniform() as f32).collect();
             (noise, (spec.num_frames, spec.height, spec.width))
-        } else if let Some(vae) = &vae {
+        } else if let Some((vae, dtype, device)) = &vae {
             (
-                round_trip(
-                    vae,
-                    &clip.video,
-                    &spec,
-                    parse_dtype(&args.dtype)?,
-                    &device(&args)?,
-                )?,
+                round_trip(vae, &clip.video, &spec, *dtype, device)?,
                 (spec.num_frames, spec.height, spec.width),
             )
         } else {
@@ -193,15 +190,11 @@ fn load(model: Option<PathBuf>, args: &EvalArgs) -> Result<Box<dyn VideoPipeline
         .with_context(|| format!("loading model {}", dir.display()))
 }
 
-fn device(args: &EvalArgs) -> Result<Device> {
-    parse_device(&args.device)
-}
-
 /// The VAE of the (Wan-layout) model folder `dir`.
-fn load_vae(dir: &Path, args: &EvalArgs) -> Result<AutoencoderKlWan> {
+fn load_vae(dir: &Path, dtype: DType, device: &Device) -> Result<AutoencoderKlWan> {
     let cfg = AutoencoderKlWanConfig::from_file(dir.join("vae/config.json"))
         .context("--reconstruct needs a Wan-layout model (vae/config.json)")?;
-    let weights = Weights::open(&dir.join("vae"), parse_dtype(&args.dtype)?, &device(args)?)?;
+    let weights = Weights::open(&dir.join("vae"), dtype, device)?;
     Ok(AutoencoderKlWan::new(&cfg, weights.var_builder())?)
 }
 
@@ -214,12 +207,8 @@ fn round_trip(
     device: &Device,
 ) -> Result<Vec<f32>> {
     let (f, h, w) = (spec.num_frames, spec.height, spec.width);
-    let pixels = Tensor::from_slice(video, (1, f, h, w, 3), device)?;
-    // b f h w c -> b c f h w, in [-1, 1]
-    let input = ((pixels * 2.0)? - 1.0)?
-        .permute((0, 4, 1, 2, 3))?
-        .contiguous()?
-        .to_dtype(dtype)?;
+    let pixels = Tensor::from_slice(video, (f, h, w, 3), &Device::Cpu)?;
+    let input = video_to_vae_input(&pixels, f, h, w, device)?.to_dtype(dtype)?;
     let decoded = vae.decode(&vae.encode(&input)?.mean)?;
     // b c f h w -> f h w c, in [0, 1]
     let frames = ((decoded

@@ -277,10 +277,28 @@ pub trait VideoPipeline: Send {
     fn fork(&self) -> Box<dyn VideoPipeline>;
 }
 
-/// The seed of a posterior draw (video-to-video, image-to-video encoders that sample), apart
-/// from the initial noise's.
-pub fn encode_noise_seed(seed: u64) -> u64 {
-    seed ^ 0x9e37_79b9_7f4a_7c15
+/// The draw ε of a sampled VAE posterior (`mean + std · ε`, as the CogVideoX video-to-video
+/// and LTX image-to-video references encode): the request's `encode_noise`, checked against
+/// the posterior's `shape`, or vidgen's noise from a seed derived from `seed` (apart from the
+/// initial noise's). f32 on `device`.
+pub fn posterior_noise(
+    given: Option<&Tensor>,
+    shape: (usize, usize, usize, usize, usize),
+    seed: u64,
+    device: &Device,
+) -> Result<Tensor> {
+    match given {
+        Some(e) if e.dims5()? == shape => Ok(e.to_dtype(DType::F32)?.to_device(device)?),
+        Some(e) => Err(Error::InvalidRequest(format!(
+            "encode noise {:?} does not fit the posterior {shape:?}",
+            e.dims()
+        ))),
+        None => Ok(crate::noise::randn(
+            seed ^ 0x9e37_79b9_7f4a_7c15,
+            shape,
+            device,
+        )?),
+    }
 }
 
 /// Checks an input video `(F, H, W, 3)` and returns `F`.

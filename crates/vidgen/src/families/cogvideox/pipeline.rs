@@ -28,7 +28,7 @@ use super::transformer::CogVideoXTransformer3D;
 use super::vae::{AutoencoderKlCogVideoX, AutoencoderKlCogVideoXConfig};
 use crate::checkpoint::{class_name, read_json, resolve_model_dir};
 use crate::pipeline::{
-    build_component, check_finite, check_strength, encode_noise_seed, read_config,
+    build_component, check_finite, check_strength, posterior_noise, read_config,
     strength_timesteps, text_encoder_dtype, video_frame_count, video_to_frames, video_to_vae_input,
     GenerateRequest, Generated, LoadOptions, ModelDefaults, Progress, Settings, Stage, Timings,
     VideoPipeline,
@@ -479,16 +479,7 @@ impl CogVideoXPipeline {
         let encoded = (|| -> Result<Tensor> {
             let posterior = vae.encode(&input.to_dtype(self.opts.dtype)?)?;
             let shape = posterior.mean.dims5()?;
-            let eps = match encode_noise {
-                Some(e) if e.dims5()? == shape => e.to_dtype(DType::F32)?.to_device(&device)?,
-                Some(e) => {
-                    return Err(Error::InvalidRequest(format!(
-                        "encode noise {:?} does not fit the posterior {shape:?}",
-                        e.dims()
-                    )))
-                }
-                None => crate::noise::randn(encode_noise_seed(settings.seed), shape, &device)?,
-            };
+            let eps = posterior_noise(encode_noise, shape, settings.seed, &device)?;
             let z = posterior.sample(&eps.to_dtype(posterior.mean.dtype())?)?;
             // b c t h w -> b t c h w
             let z = z.permute((0, 2, 1, 3, 4))?.contiguous()?;

@@ -21,7 +21,7 @@ use super::transformer::{LtxTransformerInputs, LtxVideoTransformer3D};
 use super::vae::{AutoencoderKlLtxVideo, AutoencoderKlLtxVideoConfig};
 use crate::checkpoint::{class_name, resolve_model_dir};
 use crate::pipeline::{
-    build_component, check_finite, encode_noise_seed, read_config, text_encoder_dtype,
+    build_component, check_finite, posterior_noise, read_config, text_encoder_dtype,
     video_to_frames, video_to_vae_input, GenerateRequest, Generated, LoadOptions, ModelDefaults,
     Progress, Settings, Stage, Timings, VideoPipeline,
 };
@@ -453,16 +453,7 @@ impl LtxPipeline {
         let encoded = (|| -> Result<Tensor> {
             let posterior = vae.encode(&input.to_dtype(self.opts.dtype)?)?;
             let shape = posterior.mean.dims5()?;
-            let eps = match encode_noise {
-                Some(e) if e.dims5()? == shape => e.to_dtype(DType::F32)?.to_device(&device)?,
-                Some(e) => {
-                    return Err(Error::InvalidRequest(format!(
-                        "encode noise {:?} does not fit the posterior {shape:?}",
-                        e.dims()
-                    )))
-                }
-                None => crate::noise::randn(encode_noise_seed(settings.seed), shape, &device)?,
-            };
+            let eps = posterior_noise(encode_noise, shape, settings.seed, &device)?;
             let z = posterior.sample(&eps.to_dtype(posterior.mean.dtype())?)?;
             // `_normalize_latents` with its default scaling factor 1.0, as the reference calls it
             Ok(vae.normalize_latents_scaled(&z.to_dtype(DType::F32)?, 1.0)?)
