@@ -21,16 +21,11 @@ pub struct TrainClip {
 
 impl TrainClip {
     /// The VAE's input: `(1, 3, F, H, W)` in [-1, 1].
-    pub fn to_vae_input(
-        &self,
-        device: &candle_core::Device,
-    ) -> candle_core::Result<candle_core::Tensor> {
+    pub fn to_vae_input(&self, device: &candle_core::Device) -> crate::Result<candle_core::Tensor> {
         let [f, h, w] = self.size;
-        let pixels = candle_core::Tensor::from_slice(&self.video, (1, f, h, w, 3), device)?;
-        // b f h w c -> b c f h w
-        ((pixels * 2.0)? - 1.0)?
-            .permute((0, 4, 1, 2, 3))?
-            .contiguous()
+        let pixels =
+            candle_core::Tensor::from_slice(&self.video, (f, h, w, 3), &candle_core::Device::Cpu)?;
+        crate::pipeline::video_to_vae_input(&pixels, f, h, w, device)
     }
 }
 

@@ -296,7 +296,7 @@ impl Trainer {
         let videos = clips
             .iter()
             .map(|c| c.to_vae_input(&self.device))
-            .collect::<candle_core::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?;
         let video = Tensor::cat(&videos, 0)?; // (B, 3, F, H, W) in [-1, 1]
                                               // b c f h w -> b f h w c: the decoder's channels-last output layout
         let target = video.permute((0, 2, 3, 4, 1))?;
