@@ -70,13 +70,16 @@ fn time(repeats: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
     Ok(times[times.len() / 2])
 }
 
-/// GFLOP/s of a large f32 matmul, the peak the parts are compared with.
+/// GFLOP/s of a large matmul in `dtype` through the models' linear layer (candle's matmul, or
+/// the bf16 kernel where it applies), the peak the parts are compared with.
 fn matmul_peak(dtype: DType) -> Result<f64> {
+    use candle_core::Module;
     let n = 1024;
     let a = Tensor::randn(0f32, 1., (n, n), &Device::Cpu)?.to_dtype(dtype)?;
     let b = Tensor::randn(0f32, 1., (n, n), &Device::Cpu)?.to_dtype(dtype)?;
+    let layer = vidgen::nn::linear::Linear::new(b, None);
     let secs = time(3, &mut || {
-        a.matmul(&b)?;
+        layer.forward(&a)?;
         Ok(())
     })?;
     Ok(2.0 * (n * n * n) as f64 / secs / 1e9)

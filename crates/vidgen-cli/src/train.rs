@@ -24,6 +24,9 @@ pub struct TrainArgs {
     /// Worker threads (default: all cores, or RAYON_NUM_THREADS).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Where the steps run: cpu, cuda[:N] (a build with `--features cuda`) or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -33,7 +36,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     let cfg = TrainConfig::from_file(&args.config)
         .with_context(|| format!("reading {}", args.config.display()))?;
-    let mut trainer = Trainer::new(cfg, args.resume).context("starting the run")?;
+    let device = crate::generate::parse_device(&args.device)?;
+    let mut trainer = Trainer::on_device(cfg, args.resume, device).context("starting the run")?;
     let cfg = trainer.config().clone();
     let start = trainer.steps_done();
     let stop = args

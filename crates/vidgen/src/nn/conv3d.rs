@@ -169,7 +169,8 @@ impl Conv3d {
         self.forward_parts(parts, pad, false)
     }
 
-    /// [`Self::forward_cl_padded`], optionally forcing the device-agnostic im2col on the CPU.
+    /// [`Self::forward_cl_padded`], optionally forcing the band-wise device-agnostic im2col (on
+    /// the CPU, and in training instead of the whole-batch one of `train`).
     fn forward_parts(&self, parts: &[&Tensor], pad: Padding3d, generic: bool) -> Result<Tensor> {
         let (kt, kh, kw) = self.kernel;
         let c_in = self.w_mat.dim(0)? / (kt * kh * kw);
@@ -186,9 +187,8 @@ impl Conv3d {
                 )
             }
         }
-        let on_cpu = self.w_mat.device().is_cpu();
         let training = self.w_mat.track_op() || parts.iter().any(|p| p.track_op());
-        if training && on_cpu && self.w_mat.dtype() == DType::F32 {
+        if training && !generic {
             return train::conv3d_train(self, parts, pad);
         }
         let outs = (0..b)

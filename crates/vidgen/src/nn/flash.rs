@@ -265,7 +265,7 @@ fn exp_sub_sum_generic(row: &mut [f32], max: f32) -> f32 {
 /// `x·log2 e` in f32 dominates), 1e-5 down to −87, and `2^-125` below.
 /// Branch-free so the loop vectorises.
 #[inline(always)]
-fn fast_exp(x: f32) -> f32 {
+pub(crate) fn fast_exp(x: f32) -> f32 {
     let x = x.max(-87.0);
     let t = x * std::f32::consts::LOG2_E;
     let fi = (t + 0.5).floor();

@@ -1,6 +1,8 @@
 //! The linear layer every family uses: `y = x·Wᵀ + b` as one 2D matmul over all leading dims.
+//! bf16 on a CPU with AVX-512 BF16 takes [`super::bf16_gemm`] (inference only; it has no
+//! backward); everything else candle's matmul.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
 /// A linear layer whose weight is stored `(out, in)` as in PyTorch checkpoints. Leading
@@ -28,6 +30,60 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// bf16 inference on a CPU that has the bf16 dot product, unless
+    /// `VIDGEN_MATMUL=generic` (for before/after benchmarks in one run).
+    fn bf16_kernel_applies(&self, xs: &Tensor) -> bool {
+        static GENERIC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let generic =
+            *GENERIC.get_or_init(|| std::env::var("VIDGEN_MATMUL").is_ok_and(|v| v == "generic"));
+        xs.dtype() == DType::BF16
+            && self.weight_t.dtype() == DType::BF16
+            && xs.device().is_cpu()
+            && xs.dim(1).is_ok_and(|k| k % 2 == 0)
+            && self.weight_t.t().is_ok_and(|w| w.is_contiguous())
+            && !xs.track_op()
+            && !self.weight_t.track_op()
+            && !generic
+            && super::bf16_gemm::available()
+    }
+}
+
+/// `(rows, in)` × the `(out, in)` weight (+ bias) on [`super::bf16_gemm`].
+struct Bf16Linear {
+    bias: Option<Vec<f32>>,
+}
+
+impl CustomOp2 for Bf16Linear {
+    fn name(&self) -> &'static str {
+        "bf16-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        w: &CpuStorage,
+        lw: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::BF16(x), CpuStorage::BF16(w)) = (x, w) else {
+            candle_core::bail!("bf16-linear takes bf16 operands")
+        };
+        let (Some((xs, xe)), Some((ws, we))) = (lx.contiguous_offsets(), lw.contiguous_offsets())
+        else {
+            candle_core::bail!("bf16-linear takes contiguous operands")
+        };
+        let (&[m, k], &[n, kw]) = (lx.dims(), lw.dims()) else {
+            candle_core::bail!("bf16-linear takes 2D operands")
+        };
+        if k != kw {
+            candle_core::bail!("bf16-linear: x is (_, {k}) but the weight is ({n}, {kw})")
+        }
+        let y = super::bf16_gemm::linear(&x[xs..xe], &w[ws..we], self.bias.as_deref(), (m, n, k));
+        Ok((CpuStorage::BF16(y), Shape::from((m, n))))
+    }
+}
+
 /// Loads `weight` `(out_dim, in_dim)` and, with `bias`, `bias` `(out_dim,)` from `vb`.
 pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
     let weight = vb.get((out_dim, in_dim), "weight")?;
@@ -48,13 +104,19 @@ impl Module for Linear {
             None => candle_core::bail!("linear layer on a scalar"),
         };
         let rows = xs.elem_count() / in_dim.max(1);
-        let ys = xs
-            .contiguous()?
-            .reshape((rows, in_dim))?
-            .matmul(&self.weight_t)?;
-        let ys = match &self.bias {
-            Some(b) => ys.broadcast_add(b)?,
-            None => ys,
+        let xs2 = xs.contiguous()?.reshape((rows, in_dim))?;
+        let ys = if self.bf16_kernel_applies(&xs2) {
+            let bias = match &self.bias {
+                Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+                None => None,
+            };
+            xs2.apply_op2_no_bwd(&self.weight_t.t()?, &Bf16Linear { bias })?
+        } else {
+            let ys = xs2.matmul(&self.weight_t)?;
+            match &self.bias {
+                Some(b) => ys.broadcast_add(b)?,
+                None => ys,
+            }
         };
         *dims.last_mut().expect("checked above") = ys.dim(1)?;
         ys.reshape(dims)
@@ -79,6 +141,26 @@ mod tests {
         assert!(err < 1e-5, "{err}");
         let no_bias = linear(3, 5, false, VarBuilder::zeros(DType::F32, &dev))?;
         assert_eq!(no_bias.forward(&x)?.dims(), &[2, 4, 5]);
+        Ok(())
+    }
+
+    #[test]
+    fn bf16_matches_f32_within_one_rounding() -> Result<()> {
+        // on a CPU with AVX-512 BF16 this goes through the bf16 kernel, else candle's matmul
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1., (40, 66), &dev)?.to_dtype(DType::BF16)?;
+        let b = Tensor::randn(0f32, 1., 40, &dev)?.to_dtype(DType::BF16)?;
+        let x = Tensor::randn(0f32, 1., (3, 9, 66), &dev)?.to_dtype(DType::BF16)?;
+        let ours = Linear::new(w.clone(), Some(b.clone())).forward(&x)?;
+        assert_eq!((ours.dims(), ours.dtype()), (&[3, 9, 40][..], DType::BF16));
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+        let want = Linear::new(f32(&w)?, Some(f32(&b)?)).forward(&f32(&x)?)?;
+        // bf16 keeps 8 bits of mantissa: one rounding of the output (plus, on the candle
+        // path, of the product before the bias) is ~1 % of the value
+        let err = (f32(&ours)? - &want)?.abs()?;
+        let bound = ((want.abs()? * 0.01)? + 0.05)?;
+        let worst = (err - bound)?.max_all()?.to_scalar::<f32>()?;
+        assert!(worst <= 0.0, "{worst}");
         Ok(())
     }
 }

@@ -51,6 +51,7 @@ pub struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
     eps: f32,
+    affine: bool,
 }
 
 impl LayerNorm {
@@ -71,7 +72,27 @@ impl LayerNorm {
             weight,
             bias,
             eps: eps as f32,
+            affine,
         })
+    }
+
+    /// AdaLN modulation: `LayerNorm(x) · (1 + scale) + shift` as `dtype` (`x` `(B, N, D)`,
+    /// `shift`/`scale` `(B, 1, D)`), in f32. One fused pass on the CPU in inference for a norm
+    /// without affine ([`super::fused`]), else candle ops.
+    pub fn forward_modulated(
+        &self,
+        xs: &Tensor,
+        shift: &Tensor,
+        scale: &Tensor,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        if !self.affine && super::fused::applies(&[xs, shift, scale]) {
+            return super::fused::modulated_layer_norm(xs, shift, scale, self.eps, dtype);
+        }
+        self.forward(xs)?
+            .broadcast_mul(&(scale + 1.0)?)?
+            .broadcast_add(shift)?
+            .to_dtype(dtype)
     }
 }
 

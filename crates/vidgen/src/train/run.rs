@@ -78,10 +78,16 @@ struct TrainerState {
 }
 
 impl Trainer {
-    /// Opens the run: checks the model folder and the sizes, loads the component's current
-    /// weights, and with `resume` restores the latest checkpoint of `cfg.out`.
+    /// Opens the run on the CPU: checks the model folder and the sizes, loads the component's
+    /// current weights, and with `resume` restores the latest checkpoint of `cfg.out`.
     pub fn new(cfg: TrainConfig, resume: bool) -> Result<Self> {
-        let device = Device::Cpu;
+        Self::on_device(cfg, resume, Device::Cpu)
+    }
+
+    /// [`Self::new`] with the weights, optimizer state and steps on `device` (clips are drawn
+    /// and validation samples rendered on the CPU). Checkpoints are device-independent: a run
+    /// may be resumed on another device.
+    pub fn on_device(cfg: TrainConfig, resume: bool, device: Device) -> Result<Self> {
         let model = &cfg.model;
         let class = class_name(&model.join("model_index.json"))?;
         if class != "WanPipeline" {
@@ -340,7 +346,8 @@ impl Trainer {
             texts.push(state.text_of(caption)?);
         }
         let x0 = Tensor::cat(&latents, 0)?;
-        let text = Tensor::cat(&texts, 0)?;
+        // the frozen text encoder runs (once per caption) on the CPU
+        let text = Tensor::cat(&texts, 0)?.to_device(&self.device)?;
         let b = x0.dim(0)?;
 
         let mut rng = NoiseRng::new(plan.noise_seed);

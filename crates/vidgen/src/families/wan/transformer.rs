@@ -10,6 +10,7 @@ use candle_nn::VarBuilder;
 use super::config::WanTransformerConfig;
 use crate::nn::attention::scaled_dot_product_attention;
 use crate::nn::embed::timestep_embedding;
+use crate::nn::fused;
 use crate::nn::linear::{linear, Linear};
 use crate::nn::norm::{LayerNorm, RmsNorm};
 use crate::nn::patch::{patchify, unpatchify};
@@ -98,13 +99,22 @@ impl FeedForward {
 
 impl Module for FeedForward {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        xs.apply(&self.proj_in)?.gelu()?.apply(&self.proj_out)
+        let h = xs.apply(&self.proj_in)?;
+        let h = if fused::applies(&[&h]) {
+            fused::gelu_tanh(&h)?
+        } else {
+            h.gelu()?
+        };
+        h.apply(&self.proj_out)
     }
 }
 
-/// `x · (1 + scale) + shift`, all f32 (`x` `(B, N, D)`, `shift`/`scale` `(B, 1, D)`).
-fn modulate(xs: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    xs.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
+/// The gated residual `h + y · gate` in f32, as `h`'s dtype (`gate` `(B, 1, D)` f32).
+fn gated_add(h: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    if fused::applies(&[h, y, gate]) {
+        return fused::gated_residual(h, y, gate);
+    }
+    (h.to_dtype(DType::F32)? + y.to_dtype(DType::F32)?.broadcast_mul(gate)?)?.to_dtype(h.dtype())
 }
 
 /// One DiT block: self-attention, cross-attention to the text, MLP.
@@ -163,13 +173,11 @@ impl WanTransformerBlock {
         let (c_shift, c_scale, c_gate) = (&mods[3], &mods[4], &mods[5]);
 
         // 1. Self-attention over all spacetime tokens.
-        let normed = modulate(&self.norm1.forward(hidden_states)?, shift_msa, scale_msa)?;
-        let attn = self
-            .attn1
-            .forward(&normed.to_dtype(dtype)?, None, Some(rope))?;
-        let hidden_states = (hidden_states.to_dtype(DType::F32)?
-            + attn.to_dtype(DType::F32)?.broadcast_mul(gate_msa)?)?
-        .to_dtype(dtype)?;
+        let normed = self
+            .norm1
+            .forward_modulated(hidden_states, shift_msa, scale_msa, dtype)?;
+        let attn = self.attn1.forward(&normed, None, Some(rope))?;
+        let hidden_states = gated_add(hidden_states, &attn, gate_msa)?;
 
         // 2. Cross-attention to the text (no modulation, no gate).
         let normed = match &self.norm2 {
@@ -180,10 +188,11 @@ impl WanTransformerBlock {
             (&hidden_states + self.attn2.forward(&normed, Some(text_states), None)?)?;
 
         // 3. Feed-forward.
-        let normed = modulate(&self.norm3.forward(&hidden_states)?, c_shift, c_scale)?;
-        let ff = self.ffn.forward(&normed.to_dtype(dtype)?)?;
-        (hidden_states.to_dtype(DType::F32)? + ff.to_dtype(DType::F32)?.broadcast_mul(c_gate)?)?
-            .to_dtype(dtype)
+        let normed = self
+            .norm3
+            .forward_modulated(&hidden_states, c_shift, c_scale, dtype)?;
+        let ff = self.ffn.forward(&normed)?;
+        gated_add(&hidden_states, &ff, c_gate)
     }
 }
 
@@ -350,8 +359,10 @@ impl WanTransformer3D {
             .scale_shift_table
             .broadcast_add(&temb.to_dtype(DType::F32)?.unsqueeze(1)?)?
             .chunk(2, 1)?; // shift, scale: (B, 1, D)
-        let normed = modulate(&self.norm_out.forward(&hidden)?, &mods[0], &mods[1])?;
-        let out = normed.to_dtype(self.dtype)?.apply(&self.proj_out)?;
+        let normed = self
+            .norm_out
+            .forward_modulated(&hidden, &mods[0], &mods[1], self.dtype)?;
+        let out = normed.apply(&self.proj_out)?;
 
         // 5. b (t h w) (pt ph pw c) -> b c (t pt) (h ph) (w pw)
         unpatchify(&out, grid, self.patch)

@@ -1,0 +1,368 @@
+//! One-pass, multi-threaded CPU versions of the elementwise chains around the DiT's matmuls.
+//! In candle each step of `LayerNorm → ·(1 + scale) + shift → cast`, `h + y·gate → cast` or
+//! GELU is its own single-threaded pass over memory (with a widening per element in bf16);
+//! here each chain is one pass over rows split across threads, computing in f32 whatever the
+//! storage dtype (as the reference does), for f32 and bf16 tensors.
+//!
+//! Inference only (no backward pass): [`applies`] says when the callers may use them; the
+//! candle-op chains stay for training, other devices and as the tests' oracle.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use half::bf16;
+use rayon::prelude::*;
+
+/// Whether the fused passes may replace the candle-op chains for these tensors: on the CPU,
+/// f32 or bf16, nothing being trained, and not switched off with `VIDGEN_FUSED=off`.
+pub fn applies(tensors: &[&Tensor]) -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off = *OFF.get_or_init(|| std::env::var("VIDGEN_FUSED").is_ok_and(|v| v == "off"));
+    !off && tensors.iter().all(|t| {
+        t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::BF16) && !t.track_op()
+    })
+}
+
+/// `LayerNorm(x) · (1 + scale) + shift` (layer norm without affine, in f32) as `dtype`.
+/// `x` `(B, N, D)`; `shift`, `scale` `(B, 1, D)`.
+pub fn modulated_layer_norm(
+    x: &Tensor,
+    shift: &Tensor,
+    scale: &Tensor,
+    eps: f32,
+    dtype: DType,
+) -> Result<Tensor> {
+    let f32c = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
+    x.contiguous()?
+        .apply_op3_no_bwd(&f32c(shift)?, &f32c(scale)?, &ModulatedNorm { eps, dtype })
+}
+
+/// `h + y · gate` in f32, as `h`'s dtype. `h`, `y` `(B, N, D)` of one dtype; `gate` `(B, 1, D)`.
+pub fn gated_residual(h: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    let gate = gate.to_dtype(DType::F32)?.contiguous()?;
+    h.contiguous()?
+        .apply_op3_no_bwd(&y.to_dtype(h.dtype())?.contiguous()?, &gate, &GatedResidual)
+}
+
+/// GELU with the tanh approximation (PyTorch's `approximate="tanh"`), same dtype.
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&GeluTanh)
+}
+
+/// A contiguous f32 or bf16 CPU slice.
+enum Src<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+}
+
+impl<'a> Src<'a> {
+    fn new(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<Self> {
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("{what}: expected a contiguous tensor")
+        };
+        match s {
+            CpuStorage::F32(v) => Ok(Src::F32(&v[start..end])),
+            CpuStorage::BF16(v) => Ok(Src::Bf16(&v[start..end])),
+            _ => candle_core::bail!("{what}: expected f32 or bf16"),
+        }
+    }
+
+    fn dtype(&self) -> DType {
+        match self {
+            Src::F32(_) => DType::F32,
+            Src::Bf16(_) => DType::BF16,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Src::F32(v) => v.len(),
+            Src::Bf16(v) => v.len(),
+        }
+    }
+
+    /// Elements `start..start + dst.len()` widened into `dst`.
+    fn read(&self, start: usize, dst: &mut [f32]) {
+        let end = start + dst.len();
+        match self {
+            Src::F32(v) => dst.copy_from_slice(&v[start..end]),
+            Src::Bf16(v) => {
+                for (d, s) in dst.iter_mut().zip(&v[start..end]) {
+                    *d = s.to_f32();
+                }
+            }
+        }
+    }
+
+    fn f32(&self, what: &str) -> Result<&'a [f32]> {
+        match self {
+            Src::F32(v) => Ok(v),
+            Src::Bf16(_) => candle_core::bail!("{what}: expected f32"),
+        }
+    }
+}
+
+/// Runs `f(row index, f32 scratch for that row)` over `rows` rows of `d` values in parallel and
+/// stores each row's scratch as `dtype`.
+fn map_rows(
+    rows: usize,
+    d: usize,
+    dtype: DType,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) -> Result<CpuStorage> {
+    // a few rows per task keeps the scheduling cost below the work
+    let rows_per_task = (16_384 / d.max(1)).max(1);
+    Ok(match dtype {
+        DType::F32 => {
+            let mut out = vec![0f32; rows * d];
+            out.par_chunks_mut(rows_per_task * d)
+                .enumerate()
+                .for_each(|(t, chunk)| {
+                    for (i, row) in chunk.chunks_exact_mut(d).enumerate() {
+                        f(t * rows_per_task + i, row);
+                    }
+                });
+            CpuStorage::F32(out)
+        }
+        DType::BF16 => {
+            let mut out = vec![bf16::ZERO; rows * d];
+            out.par_chunks_mut(rows_per_task * d)
+                .enumerate()
+                .for_each_init(
+                    || vec![0f32; d],
+                    |buf, (t, chunk)| {
+                        for (i, row) in chunk.chunks_exact_mut(d).enumerate() {
+                            f(t * rows_per_task + i, buf);
+                            for (o, v) in row.iter_mut().zip(buf.iter()) {
+                                *o = bf16::from_f32(*v);
+                            }
+                        }
+                    },
+                );
+            CpuStorage::BF16(out)
+        }
+        other => candle_core::bail!("fused CPU passes write f32 or bf16, not {other:?}"),
+    })
+}
+
+struct ModulatedNorm {
+    eps: f32,
+    dtype: DType,
+}
+
+impl CustomOp3 for ModulatedNorm {
+    fn name(&self) -> &'static str {
+        "modulated-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        s_shift: &CpuStorage,
+        l_shift: &Layout,
+        s_scale: &CpuStorage,
+        l_scale: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (&[b, n, d], &[bs, 1, ds]) = (lx.dims(), l_shift.dims()) else {
+            candle_core::bail!("modulated-layer-norm: x (B, N, D) and shift (B, 1, D) expected")
+        };
+        if (bs, ds) != (b, d) || l_scale.dims() != l_shift.dims() {
+            candle_core::bail!("modulated-layer-norm: shift/scale do not match x ({b}, {n}, {d})")
+        }
+        let x = Src::new(sx, lx, "modulated-layer-norm")?;
+        let shift = Src::new(s_shift, l_shift, "modulated-layer-norm")?.f32("shift")?;
+        let scale = Src::new(s_scale, l_scale, "modulated-layer-norm")?.f32("scale")?;
+        debug_assert_eq!(x.len(), b * n * d);
+        let eps = self.eps;
+        let out = map_rows(b * n, d, self.dtype, |r, row| {
+            x.read(r * d, row);
+            let mean = row.iter().sum::<f32>() / d as f32;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            let bi = r / n;
+            let (sh, sc) = (&shift[bi * d..(bi + 1) * d], &scale[bi * d..(bi + 1) * d]);
+            for ((v, sh), sc) in row.iter_mut().zip(sh).zip(sc) {
+                // plain * and +: `mul_add` without the fma target feature is a libm call
+                *v = (*v - mean) * inv * (1.0 + sc) + sh;
+            }
+        })?;
+        Ok((out, Shape::from((b, n, d))))
+    }
+}
+
+struct GatedResidual;
+
+impl CustomOp3 for GatedResidual {
+    fn name(&self) -> &'static str {
+        "gated-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sh: &CpuStorage,
+        lh: &Layout,
+        sy: &CpuStorage,
+        ly: &Layout,
+        sg: &CpuStorage,
+        lg: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (&[b, n, d], &[bg, 1, dg]) = (lh.dims(), lg.dims()) else {
+            candle_core::bail!("gated-residual: h (B, N, D) and gate (B, 1, D) expected")
+        };
+        if ly.dims() != lh.dims() || (bg, dg) != (b, d) {
+            candle_core::bail!("gated-residual: y/gate do not match h ({b}, {n}, {d})")
+        }
+        let h = Src::new(sh, lh, "gated-residual")?;
+        let y = Src::new(sy, ly, "gated-residual")?;
+        let gate = Src::new(sg, lg, "gated-residual")?.f32("gate")?;
+        let out = map_rows(b * n, d, h.dtype(), |r, row| {
+            h.read(r * d, row);
+            let g = &gate[(r / n) * d..(r / n + 1) * d];
+            match &y {
+                Src::F32(y) => {
+                    for ((v, y), g) in row.iter_mut().zip(&y[r * d..(r + 1) * d]).zip(g) {
+                        *v += y * g;
+                    }
+                }
+                Src::Bf16(y) => {
+                    for ((v, y), g) in row.iter_mut().zip(&y[r * d..(r + 1) * d]).zip(g) {
+                        *v += y.to_f32() * g;
+                    }
+                }
+            }
+        })?;
+        Ok((out, Shape::from((b, n, d))))
+    }
+}
+
+struct GeluTanh;
+
+impl CustomOp1 for GeluTanh {
+    fn name(&self) -> &'static str {
+        "gelu-tanh"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = Src::new(s, l, "gelu-tanh")?;
+        // rows of the last dimension (any length) as the unit of work
+        let d = l.dims().last().copied().unwrap_or(1).max(1);
+        let rows = x.len() / d;
+        let out = map_rows(rows, d, x.dtype(), |r, row| {
+            x.read(r * d, row);
+            gelu_row(row);
+        })?;
+        Ok((out, l.shape().clone()))
+    }
+}
+
+/// `x·σ(2u)` with `u = √(2/π)(x + 0.044715x³)`, which is `0.5x(1 + tanh u)`; `σ` from
+/// `e^{−2|u|}` so the exponential's argument is never positive.
+fn gelu_row(row: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the features were just detected.
+            return unsafe { gelu_row_avx2(row) };
+        }
+    }
+    gelu_row_generic(row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_row_avx2(row: &mut [f32]) {
+    gelu_row_generic(row)
+}
+
+#[inline(always)]
+fn gelu_row_generic(row: &mut [f32]) {
+    const C: f32 = 0.797_884_6; // √(2/π)
+    for v in row.iter_mut() {
+        let x = *v;
+        let u = C * x.mul_add(0.044_715 * x * x, x);
+        let e = super::flash::fast_exp(-2.0 * u.abs());
+        let s = if u >= 0.0 { 1.0 } else { e } / (1.0 + e);
+        *v = x * s;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn max_err(a: &Tensor, b: &Tensor) -> Result<f32> {
+        let (a, b) = (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?);
+        (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
+    }
+
+    #[test]
+    fn passes_match_the_candle_op_chains() -> Result<()> {
+        let dev = Device::Cpu;
+        let (b, n, d) = (2, 37, 48);
+        let x = (Tensor::randn(0f32, 1., (b, n, d), &dev)? * 3.0)?;
+        let y = Tensor::randn(0f32, 1., (b, n, d), &dev)?;
+        let shift = Tensor::randn(0f32, 1., (b, 1, d), &dev)?;
+        let scale = Tensor::randn(0f32, 0.5, (b, 1, d), &dev)?;
+        let eps = 1e-6;
+        let (ones, zeros) = (
+            Tensor::ones(d, DType::F32, &dev)?,
+            Tensor::zeros(d, DType::F32, &dev)?,
+        );
+        for dtype in [DType::F32, DType::BF16] {
+            // bf16 storage: the chains round once at the end too, so the same tolerance holds
+            let tol = if dtype == DType::F32 { 1e-5 } else { 0.07 };
+            let (xd, yd) = (x.to_dtype(dtype)?, y.to_dtype(dtype)?);
+            assert!(applies(&[&xd, &yd]));
+
+            let norm = candle_nn::ops::layer_norm(&xd.to_dtype(DType::F32)?, &ones, &zeros, eps)?;
+            let want = norm
+                .broadcast_mul(&(&scale + 1.0)?)?
+                .broadcast_add(&shift)?
+                .to_dtype(dtype)?;
+            let got = modulated_layer_norm(&xd, &shift, &scale, eps, dtype)?;
+            assert_eq!((got.dims(), got.dtype()), (want.dims(), dtype));
+            assert!(
+                max_err(&got, &want)? <= tol,
+                "norm {dtype:?}: {}",
+                max_err(&got, &want)?
+            );
+
+            let want = (xd.to_dtype(DType::F32)?
+                + yd.to_dtype(DType::F32)?.broadcast_mul(&scale)?)?
+            .to_dtype(dtype)?;
+            let got = gated_residual(&xd, &yd, &scale)?;
+            assert_eq!(got.dtype(), dtype);
+            assert!(
+                max_err(&got, &want)? <= tol,
+                "residual {dtype:?}: {}",
+                max_err(&got, &want)?
+            );
+
+            let got = gelu_tanh(&xd)?;
+            let want = xd.gelu()?;
+            assert_eq!(got.dtype(), dtype);
+            assert!(
+                max_err(&got, &want)? <= tol,
+                "gelu {dtype:?}: {}",
+                max_err(&got, &want)?
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gelu_is_accurate_over_the_whole_range() {
+        let mut row: Vec<f32> = (-4000..=4000).map(|i| i as f32 / 100.0).collect();
+        let xs = row.clone();
+        gelu_row(&mut row);
+        for (x, got) in xs.iter().zip(&row) {
+            let x64 = *x as f64;
+            let u = (2.0 / std::f64::consts::PI).sqrt() * (x64 + 0.044715 * x64.powi(3));
+            let want = 0.5 * x64 * (1.0 + u.tanh());
+            assert!(
+                ((*got as f64) - want).abs() <= 2e-6 * (1.0 + want.abs()),
+                "gelu({x}) = {got}, want {want}"
+            );
+        }
+    }
+}
