@@ -74,7 +74,8 @@ fn time(repeats: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
 /// the bf16 kernel where it applies), the peak the parts are compared with.
 fn matmul_peak(dtype: DType) -> Result<f64> {
     use candle_core::Module;
-    let n = 1024;
+    // large enough (17 GFLOP) that thread wake-ups and the output's page faults do not count
+    let n = 2048;
     let a = Tensor::randn(0f32, 1., (n, n), &Device::Cpu)?.to_dtype(dtype)?;
     let b = Tensor::randn(0f32, 1., (n, n), &Device::Cpu)?.to_dtype(dtype)?;
     let layer = vidgen::nn::linear::Linear::new(b, None);
