@@ -1,8 +1,8 @@
 //! The README's first command: `vidgen generate PROMPT -o FILE.mp4` with no other flag runs the
 //! built-in model (`models/tiny-world`) at the size and steps its folder sets and writes a real
 //! video: the world's flat background with coloured objects on it, found by the same
-//! frame-only detectors as `vidgen eval`. (Whether the objects are the ones asked for is
-//! `vidgen eval`'s measure; the committed model is not yet good at it — see TRAINING.md.)
+//! frame-only detectors as `vidgen eval`, in the colour the prompt asks for. (How well it
+//! follows the rest — shape, motion — is `vidgen eval`'s measure; see TRAINING.md.)
 
 use std::process::Command;
 
@@ -54,4 +54,48 @@ fn generate_with_no_flags_uses_the_built_in_model_and_draws_world_objects() {
             video.frames
         );
     }
+}
+
+/// The committed model follows the prompt's colour: the canonical prompt of each of the world's
+/// seven colours at a fixed seed shows an object of that colour in most of the frames that show
+/// one (`vidgen eval`'s colour test; on held-out phrasings, `vidgen eval --count 100`: 84 %).
+/// The committed model gets 5 of 7 here (red drifts to orange; yellow ties with orange), green
+/// by a small margin; the test asks 4, as other CPUs round differently, where a model that
+/// ignored the text would get about one.
+#[test]
+fn the_built_in_model_draws_the_asked_colour() {
+    use vidgen::data::world::COLOURS;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut right = Vec::new();
+    for (i, (colour, _)) in COLOURS.iter().enumerate() {
+        let prompt = format!("a {colour} ball bounces on the floor");
+        let frames_file = tmp.path().join(format!("{colour}.safetensors"));
+        let run = Command::new(env!("CARGO_BIN_EXE_vidgen"))
+            .args(["generate", &prompt, "--seed", "1", "-o"])
+            .arg(tmp.path().join(format!("{colour}.mp4")))
+            .arg("--save-frames")
+            .arg(&frames_file)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let video = vidgen_video::read_frames_safetensors(&frames_file).unwrap();
+        let (h, w) = (video.height, video.width);
+        // as `vidgen eval` scores colour: over the frames where an object is found, the asked
+        // colour's object when there is one, else another; the asked colour must be the majority
+        let (mut asked, mut found) = (0, 0);
+        for t in 0..video.frames {
+            let blobs = find_blobs(&video.data[t * h * w * 3..(t + 1) * h * w * 3], h, w);
+            found += blobs.iter().any(|b| b.colour.is_some()) as usize;
+            asked += blobs.iter().any(|b| b.colour == Some(i)) as usize;
+        }
+        eprintln!("{prompt:?}: {asked} of the {found} frames with an object");
+        if found > 0 && 2 * asked > found {
+            right.push(*colour);
+        }
+    }
+    assert!(right.len() >= 4, "asked colour drawn only for {right:?}");
 }
