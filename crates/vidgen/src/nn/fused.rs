@@ -21,6 +21,15 @@ pub fn applies(tensors: &[&Tensor]) -> bool {
     })
 }
 
+/// Whether `per_sample` is `(B, 1, D)` for `x` `(B, N, D)`: the shapes the fused passes take
+/// (a broadcast over the batch takes the candle ops).
+pub fn per_sample_fits(x: &Tensor, per_sample: &Tensor) -> bool {
+    match (x.dims(), per_sample.dims()) {
+        (&[b, _, d], &[bs, 1, ds]) => (b, d) == (bs, ds),
+        _ => false,
+    }
+}
+
 /// `LayerNorm(x) · (1 + scale) + shift` (layer norm without affine, in f32) as `dtype`.
 /// `x` `(B, N, D)`; `shift`, `scale` `(B, 1, D)`.
 pub fn modulated_layer_norm(

@@ -86,8 +86,13 @@ impl LayerNorm {
         scale: &Tensor,
         dtype: DType,
     ) -> Result<Tensor> {
-        if !self.affine && super::fused::applies(&[xs, shift, scale]) {
-            return super::fused::modulated_layer_norm(xs, shift, scale, self.eps, dtype);
+        use super::fused;
+        if !self.affine
+            && fused::applies(&[xs, shift, scale])
+            && fused::per_sample_fits(xs, shift)
+            && fused::per_sample_fits(xs, scale)
+        {
+            return fused::modulated_layer_norm(xs, shift, scale, self.eps, dtype);
         }
         self.forward(xs)?
             .broadcast_mul(&(scale + 1.0)?)?

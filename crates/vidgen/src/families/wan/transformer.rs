@@ -111,7 +111,7 @@ impl Module for FeedForward {
 
 /// The gated residual `h + y · gate` in f32, as `h`'s dtype (`gate` `(B, 1, D)` f32).
 fn gated_add(h: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
-    if fused::applies(&[h, y, gate]) {
+    if fused::applies(&[h, y, gate]) && h.dims() == y.dims() && fused::per_sample_fits(h, gate) {
         return fused::gated_residual(h, y, gate);
     }
     (h.to_dtype(DType::F32)? + y.to_dtype(DType::F32)?.broadcast_mul(gate)?)?.to_dtype(h.dtype())
