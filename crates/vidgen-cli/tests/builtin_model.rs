@@ -4,6 +4,7 @@
 //! frame-only detectors as `vidgen eval`, in the colour the prompt asks for. (How well it
 //! follows the rest — shape, motion — is `vidgen eval`'s measure; see TRAINING.md.)
 
+use std::path::Path;
 use std::process::Command;
 
 use vidgen::eval::detect::find_blobs;
@@ -18,6 +19,26 @@ fn frames_with_objects(frames: &[f32], f: usize, h: usize, w: usize) -> usize {
         .count()
 }
 
+/// `vidgen generate PROMPT FLAGS -o out` (+ `--save-frames`): the frames it made.
+fn generate(prompt: &str, flags: &[&str], out: &Path) -> vidgen_video::Frames {
+    let frames_file = out.with_extension("safetensors");
+    let run = Command::new(env!("CARGO_BIN_EXE_vidgen"))
+        .args(["generate", prompt])
+        .args(flags)
+        .arg("-o")
+        .arg(out)
+        .arg("--save-frames")
+        .arg(&frames_file)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    vidgen_video::read_frames_safetensors(&frames_file).unwrap()
+}
+
 #[test]
 fn generate_with_no_flags_uses_the_built_in_model_and_draws_world_objects() {
     let tmp = tempfile::tempdir().unwrap();
@@ -29,21 +50,8 @@ fn generate_with_no_flags_uses_the_built_in_model_and_draws_world_objects() {
     .enumerate()
     {
         let out = tmp.path().join(format!("{i}.mp4"));
-        let frames_file = tmp.path().join(format!("{i}.safetensors"));
-        let run = Command::new(env!("CARGO_BIN_EXE_vidgen"))
-            .args(["generate", prompt, "-o"])
-            .arg(&out)
-            .arg("--save-frames")
-            .arg(&frames_file)
-            .output()
-            .unwrap();
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
+        let video = generate(prompt, &[], &out);
         assert!(std::fs::metadata(&out).unwrap().len() > 1000);
-        let video = vidgen_video::read_frames_safetensors(&frames_file).unwrap();
         // the model folder's defaults: 17 frames of 64x64
         assert_eq!((video.frames, video.height, video.width), (17, 64, 64));
         let with_objects =
@@ -69,20 +77,11 @@ fn the_built_in_model_draws_the_asked_colour() {
     let mut right = Vec::new();
     for (i, (colour, _)) in COLOURS.iter().enumerate() {
         let prompt = format!("a {colour} ball bounces on the floor");
-        let frames_file = tmp.path().join(format!("{colour}.safetensors"));
-        let run = Command::new(env!("CARGO_BIN_EXE_vidgen"))
-            .args(["generate", &prompt, "--seed", "1", "-o"])
-            .arg(tmp.path().join(format!("{colour}.mp4")))
-            .arg("--save-frames")
-            .arg(&frames_file)
-            .output()
-            .unwrap();
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
+        let video = generate(
+            &prompt,
+            &["--seed", "1"],
+            &tmp.path().join(format!("{colour}.mp4")),
         );
-        let video = vidgen_video::read_frames_safetensors(&frames_file).unwrap();
         let (h, w) = (video.height, video.width);
         // as `vidgen eval` scores colour: over the frames where an object is found, the asked
         // colour's object when there is one, else another; the asked colour must be the majority
