@@ -101,8 +101,9 @@ fn generic_forced() -> bool {
     *GENERIC.get_or_init(|| std::env::var("VIDGEN_ATTENTION").is_ok_and(|v| v == "generic"))
 }
 
-/// The fused CPU kernel ([`super::flash`]) on f32 copies of the inputs (no copy when they are
-/// already contiguous f32); `bias` is `(B', H', 1, M)`.
+/// The fused CPU kernel ([`super::flash`]): for bf16 inputs on a CPU with the bf16 dot product,
+/// on the bf16 operands; otherwise on f32 copies (no copy when already contiguous f32). `bias`
+/// is `(B', H', 1, M)`.
 fn fused_cpu(
     q: &Tensor,
     k: &Tensor,
@@ -113,7 +114,6 @@ fn fused_cpu(
     let (b, h, n, d) = q.dims4()?;
     let m = k.dim(2)?;
     let prep = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
-    let (q, k, v) = (prep(q)?, prep(k)?, prep(v)?);
     let bias = bias.map(prep).transpose()?;
     let bias_rows = match &bias {
         Some(bias) => {
@@ -131,9 +131,26 @@ fn fused_cpu(
             heads: h,
             per_head: *bh == h && h > 1,
         });
-    let out = with_f32_slice(&q, |q| {
-        with_f32_slice(&k, |k| {
-            with_f32_slice(&v, |v| {
+    let bf16 = [q, k, v].iter().all(|t| t.dtype() == DType::BF16)
+        && d % 2 == 0
+        && super::bf16_gemm::available();
+    if bf16 {
+        // both block products on the bf16 dot product, no widened copies
+        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let out = with_cpu_slice(&q, |q| {
+            with_cpu_slice(&k, |k| {
+                with_cpu_slice(&v, |v| {
+                    let dims = (b * h, n, m, d);
+                    Ok(super::flash::attention_bf16(q, k, v, key_bias, dims, scale))
+                })
+            })
+        })?;
+        return Tensor::from_vec(out, (b, h, n, d), q.device());
+    }
+    let (q, k, v) = (prep(q)?, prep(k)?, prep(v)?);
+    let out = with_cpu_slice(&q, |q| {
+        with_cpu_slice(&k, |k| {
+            with_cpu_slice(&v, |v| {
                 Ok(super::flash::attention_f32(
                     q,
                     k,
@@ -149,15 +166,18 @@ fn fused_cpu(
 }
 
 /// Calls `f` with the data of a contiguous f32 CPU tensor.
-fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+fn with_cpu_slice<T: candle_core::WithDType, R>(
+    t: &Tensor,
+    f: impl FnOnce(&[T]) -> Result<R>,
+) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
         candle_core::Storage::Cpu(cpu) => {
-            let data = cpu.as_slice::<f32>()?;
+            let data = cpu.as_slice::<T>()?;
             let start = layout.start_offset();
             f(&data[start..start + t.elem_count()])
         }
-        _ => bail!("with_f32_slice: not a CPU tensor"),
+        _ => bail!("with_cpu_slice: not a CPU tensor"),
     }
 }
 
@@ -243,6 +263,23 @@ mod tests {
                     "{:?} bias {:?}: max abs error {err}",
                     (b, h, n, m, d),
                     bias.map(|t| t.dims().to_vec())
+                );
+                // bf16: the same values through the bf16 kernel (on CPUs that have the bf16
+                // dot product) against the generic path's f32 math; probabilities and the
+                // output are rounded to bf16 (8 bits), so ~1e-2 of values of a few units
+                let bf = |t: &Tensor| t.to_dtype(DType::BF16);
+                let got =
+                    scaled_dot_product_attention_with_bias(&bf(&q)?, &bf(&k)?, &bf(&v)?, bias)?;
+                assert_eq!(got.dtype(), DType::BF16);
+                let want = generic(&bf(&q)?, &bf(&k)?, &bf(&v)?, bias)?;
+                let err = (got.to_dtype(DType::F32)? - want.to_dtype(DType::F32)?)?
+                    .abs()?
+                    .max_all()?
+                    .to_scalar::<f32>()?;
+                assert!(
+                    err < 0.04,
+                    "bf16 {:?}: max abs error {err}",
+                    (b, h, n, m, d)
                 );
             }
         }

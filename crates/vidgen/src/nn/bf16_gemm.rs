@@ -81,17 +81,20 @@ pub fn linear(
         while r < row0 + rows {
             let tile_rows = MR.min(row0 + rows - r);
             let tile = Tile {
-                x: &x[r * k..(r + tile_rows) * k],
-                k,
-                panel,
-                bias: &b,
+                x: x[r * k..(r + tile_rows) * k].as_ptr(),
+                ld_x: k,
+                pairs,
+                panel: panel.as_ptr(),
                 // SAFETY: tasks cover disjoint (row, column) blocks of `out`; the tile writes
                 // rows r..r + tile_rows, columns col0..col0 + cols, all inside `out`
-                out: unsafe { out_ptr.get().add(r * n + col0) },
+                out: Out::Bf16 {
+                    ptr: unsafe { out_ptr.get().add(r * n + col0) },
+                    bias: b,
+                },
                 ld_out: n,
                 cols,
             };
-            // SAFETY: `available()` was checked above
+            // SAFETY: `available()` was checked above; the operands hold the rows and pairs
             unsafe { tile.run(tile_rows) };
             r += tile_rows;
         }
@@ -106,10 +109,115 @@ fn pack_panel(w: &[bf16], k: usize, n: usize, col0: usize, panel: &mut [u32]) {
     for j in 0..NR.min(n - col0) {
         let row = &w[(col0 + j) * k..(col0 + j + 1) * k];
         for (q, pair) in row.chunks_exact(2).enumerate() {
-            panel[q * NR + j] = pair[0].to_bits() as u32 | (pair[1].to_bits() as u32) << 16;
+            panel[q * NR + j] = pair_bits(pair[0], pair[1]);
         }
     }
     debug_assert_eq!(panel.len(), pairs * NR);
+}
+
+/// Two bf16 as the u32 lane `vdpbf16ps` reads: `lo` in the low half.
+fn pair_bits(lo: bf16, hi: bf16) -> u32 {
+    lo.to_bits() as u32 | (hi.to_bits() as u32) << 16
+}
+
+/// A right-hand operand packed once for many [`product_f32`] calls: `n` outputs of `k` terms
+/// (an odd `k` padded with a zero), in panels of [`NR`] outputs × `k / 2` pairs.
+pub struct Panels {
+    data: Vec<u32>,
+    pairs: usize,
+    n: usize,
+}
+
+impl Panels {
+    /// From `(n, k)` row-major: each output's terms contiguous (attention's keys).
+    pub fn from_rows(w: &[bf16], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "not (n, k)");
+        let pairs = k.div_ceil(2);
+        let mut data = vec![0u32; n.div_ceil(NR) * pairs * NR];
+        for c in 0..n {
+            let row = &w[c * k..(c + 1) * k];
+            let base = (c / NR) * pairs * NR + c % NR;
+            for q in 0..pairs {
+                let hi = row.get(2 * q + 1).copied().unwrap_or(bf16::ZERO);
+                data[base + q * NR] = pair_bits(row[2 * q], hi);
+            }
+        }
+        Self { data, pairs, n }
+    }
+
+    /// From `(k, n)` row-major: each term's outputs contiguous (attention's values, `B = vᵀ`).
+    pub fn from_columns(v: &[bf16], k: usize, n: usize) -> Self {
+        assert_eq!(v.len(), k * n, "not (k, n)");
+        let pairs = k.div_ceil(2);
+        let mut data = vec![0u32; n.div_ceil(NR) * pairs * NR];
+        for q in 0..pairs {
+            let lo = &v[2 * q * n..(2 * q + 1) * n];
+            let hi = v.get((2 * q + 1) * n..(2 * q + 2) * n);
+            for c in 0..n {
+                let h = hi.map_or(bf16::ZERO, |h| h[c]);
+                data[(c / NR) * pairs * NR + q * NR + c % NR] = pair_bits(lo[c], h);
+            }
+        }
+        Self { data, pairs, n }
+    }
+}
+
+/// `out = alpha · x · Bᵀ` (`+ out` with `accumulate`) on one thread, over `B`'s outputs
+/// `col0..col0 + cols` (`col0` a multiple of [`NR`]) and its term pairs `pair0..pair0 + pairs`:
+/// `x` holds `rows` rows at stride `ld_x` whose first `2 · pairs` values are those terms (an odd
+/// last term padded with a zero), `out` `rows` rows of `cols` at stride `ld_out`.
+#[allow(clippy::too_many_arguments)]
+pub fn product_f32(
+    x: &[bf16],
+    ld_x: usize,
+    rows: usize,
+    b: &Panels,
+    (col0, cols): (usize, usize),
+    (pair0, pairs): (usize, usize),
+    out: &mut [f32],
+    ld_out: usize,
+    (alpha, accumulate): (f32, bool),
+) {
+    assert!(available(), "bf16_gemm::product_f32 needs AVX-512 BF16");
+    assert!(
+        col0 % NR == 0 && col0 + cols <= b.n,
+        "columns out of the operand"
+    );
+    assert!(pair0 + pairs <= b.pairs, "pairs out of the operand");
+    assert!(
+        rows == 0 || (rows - 1) * ld_x + 2 * pairs <= x.len(),
+        "x too short"
+    );
+    assert!(
+        rows == 0 || (rows - 1) * ld_out + cols <= out.len(),
+        "out too short"
+    );
+    let mut r = 0;
+    while r < rows {
+        let tile_rows = MR.min(rows - r);
+        let mut c = 0;
+        while c < cols {
+            let panel = (col0 + c) / NR;
+            let tile = Tile {
+                x: x[r * ld_x..].as_ptr(),
+                ld_x,
+                pairs,
+                panel: b.data[(panel * b.pairs + pair0) * NR..].as_ptr(),
+                out: Out::F32 {
+                    // SAFETY: inside `out` by the asserts above
+                    ptr: unsafe { out.as_mut_ptr().add(r * ld_out + c) },
+                    alpha,
+                    accumulate,
+                },
+                ld_out,
+                cols: NR.min(cols - c),
+            };
+            // SAFETY: `available()` was checked; the asserts bound every read and write
+            unsafe { tile.run(tile_rows) };
+            c += NR;
+        }
+        r += tile_rows;
+    }
 }
 
 struct SendPtr(*mut bf16);
@@ -121,18 +229,31 @@ impl SendPtr {
     }
 }
 
-/// One register tile's operands: up to [`MR`] rows of `x` against one packed panel.
-struct Tile<'a> {
-    x: &'a [bf16],
-    k: usize,
-    panel: &'a [u32],
-    bias: &'a [f32; NR],
-    out: *mut bf16,
+/// One register tile's operands: up to [`MR`] rows of `x` (row stride `ld_x`, starting at its
+/// first pair) against `pairs` pairs of one packed panel (starting at the same pair).
+struct Tile {
+    x: *const bf16,
+    ld_x: usize,
+    pairs: usize,
+    panel: *const u32,
+    out: Out,
     ld_out: usize,
     cols: usize,
 }
 
-impl Tile<'_> {
+/// Where a tile's `cols` columns go.
+enum Out {
+    /// `acc + bias`, rounded to bf16.
+    Bf16 { ptr: *mut bf16, bias: [f32; NR] },
+    /// `alpha · acc`, added to what is there with `accumulate`.
+    F32 {
+        ptr: *mut f32,
+        alpha: f32,
+        accumulate: bool,
+    },
+}
+
+impl Tile {
     /// # Safety
     /// The CPU has AVX-512 F/BW/VL/BF16; `out` is valid for `rows` rows of `cols` values at
     /// stride `ld_out`.
@@ -162,36 +283,65 @@ impl Tile<'_> {
     unsafe fn kernel<const R: usize>(&self) {
         use std::arch::x86_64::*;
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        let x = self.x.as_ptr();
-        let panel = self.panel.as_ptr();
-        for q in 0..self.k / 2 {
-            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(panel.add(q * NR).cast()));
+        for q in 0..self.pairs {
+            let b0: __m512bh =
+                std::mem::transmute(_mm512_loadu_si512(self.panel.add(q * NR).cast()));
             let b1: __m512bh =
-                std::mem::transmute(_mm512_loadu_si512(panel.add(q * NR + 16).cast()));
+                std::mem::transmute(_mm512_loadu_si512(self.panel.add(q * NR + 16).cast()));
             for (r, acc) in acc.iter_mut().enumerate() {
-                let pair = x.add(r * self.k + 2 * q).cast::<i32>().read_unaligned();
+                let pair = self
+                    .x
+                    .add(r * self.ld_x + 2 * q)
+                    .cast::<i32>()
+                    .read_unaligned();
                 let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
                 acc[0] = _mm512_dpbf16_ps(acc[0], a, b0);
                 acc[1] = _mm512_dpbf16_ps(acc[1], a, b1);
             }
         }
-        let bias = [
-            _mm512_loadu_ps(self.bias.as_ptr()),
-            _mm512_loadu_ps(self.bias.as_ptr().add(16)),
-        ];
         // columns of the two halves that exist
-        let lo = self.cols.min(16);
-        let hi = self.cols.saturating_sub(16);
-        let masks = [mask16(lo), mask16(hi)];
-        for (r, acc) in acc.iter().enumerate() {
-            let dst = self.out.add(r * self.ld_out);
-            for h in 0..2 {
-                if masks[h] == 0 {
-                    continue;
+        let masks = [
+            mask16(self.cols.min(16)),
+            mask16(self.cols.saturating_sub(16)),
+        ];
+        match &self.out {
+            Out::Bf16 { ptr, bias } => {
+                let bias = [
+                    _mm512_loadu_ps(bias.as_ptr()),
+                    _mm512_loadu_ps(bias.as_ptr().add(16)),
+                ];
+                for (r, acc) in acc.iter().enumerate() {
+                    let dst = ptr.add(r * self.ld_out);
+                    for h in 0..2 {
+                        if masks[h] == 0 {
+                            continue;
+                        }
+                        let y: __m256i =
+                            std::mem::transmute(_mm512_cvtneps_pbh(_mm512_add_ps(acc[h], bias[h])));
+                        _mm256_mask_storeu_epi16(dst.add(16 * h).cast(), masks[h], y);
+                    }
                 }
-                let y: __m256i =
-                    std::mem::transmute(_mm512_cvtneps_pbh(_mm512_add_ps(acc[h], bias[h])));
-                _mm256_mask_storeu_epi16(dst.add(16 * h).cast(), masks[h], y);
+            }
+            Out::F32 {
+                ptr,
+                alpha,
+                accumulate,
+            } => {
+                let alpha = _mm512_set1_ps(*alpha);
+                for (r, acc) in acc.iter().enumerate() {
+                    let dst = ptr.add(r * self.ld_out);
+                    for h in 0..2 {
+                        if masks[h] == 0 {
+                            continue;
+                        }
+                        let d = dst.add(16 * h);
+                        let mut y = _mm512_mul_ps(acc[h], alpha);
+                        if *accumulate {
+                            y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(masks[h], d));
+                        }
+                        _mm512_mask_storeu_ps(d, masks[h], y);
+                    }
+                }
             }
         }
     }

@@ -2,9 +2,11 @@
 //! online softmax, so a thread holds one `BQ × BK` score tile and a `BQ × d` accumulator —
 //! never the `N × M` matrix — and every block product is a GEMM (the `gemm` crate, which
 //! picks AVX-512/AVX2/FMA kernels at run time). Threads split the (batch·head, query block)
-//! pairs. f32 only; [`super::attention`] falls back to the generic candle path for other
-//! devices and dtypes, and keeps that path as the test oracle.
+//! pairs. f32 ([`attention_f32`], the `gemm` crate) and bf16 ([`attention_bf16`], the bf16
+//! dot product of [`super::bf16_gemm`]); [`super::attention`] falls back to the generic candle
+//! path for other devices and dtypes, and keeps that path as the test oracle.
 
+use half::bf16;
 use rayon::prelude::*;
 
 /// Query rows per tile.
@@ -156,35 +158,8 @@ fn tile(
                 gemm::Parallelism::None,
             );
         }
-        for r in 0..rows {
-            let row = &mut scores[r * cols..(r + 1) * cols];
-            if let Some(bias) = bias {
-                for (x, b) in row.iter_mut().zip(&bias[k0..k0 + cols]) {
-                    *x += b;
-                }
-            }
-            let tile_max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let old = s.max[r];
-            let new = old.max(tile_max);
-            if new == f32::NEG_INFINITY {
-                // every key so far masked out entirely: nothing to add
-                row.fill(0.0);
-                continue;
-            }
-            let correction = if old == f32::NEG_INFINITY {
-                0.0
-            } else {
-                (old - new).exp()
-            };
-            let row_sum = exp_sub_sum(row, new);
-            s.sum[r] = s.sum[r] * correction + row_sum;
-            s.max[r] = new;
-            if correction != 1.0 {
-                for a in &mut acc[r * d..(r + 1) * d] {
-                    *a *= correction;
-                }
-            }
-        }
+        let bias = bias.map(|b| &b[k0..k0 + cols]);
+        online_softmax(&mut s.max, &mut s.sum, scores, cols, cols, bias, acc, d);
         // acc += p · v_tile   (rows × d)
         unsafe {
             gemm::gemm(
@@ -219,6 +194,172 @@ fn tile(
         {
             *o = a * inv;
         }
+    }
+}
+
+/// One key tile of the online softmax: adds the key bias to each of the `rows` score rows
+/// (`cols` scores at stride `ld`), turns them into `exp(score − running max)`, and rescales the
+/// running sums and the `d`-wide accumulator rows to the new maxima.
+#[allow(clippy::too_many_arguments)]
+fn online_softmax(
+    max: &mut [f32],
+    sum: &mut [f32],
+    scores: &mut [f32],
+    ld: usize,
+    cols: usize,
+    bias: Option<&[f32]>,
+    acc: &mut [f32],
+    d: usize,
+) {
+    let rows = acc.len() / d.max(1);
+    for r in 0..rows {
+        let row = &mut scores[r * ld..r * ld + cols];
+        if let Some(bias) = bias {
+            for (x, b) in row.iter_mut().zip(bias) {
+                *x += b;
+            }
+        }
+        let tile_max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let old = max[r];
+        let new = old.max(tile_max);
+        if new == f32::NEG_INFINITY {
+            // every key so far masked out entirely: nothing to add
+            row.fill(0.0);
+            continue;
+        }
+        let correction = if old == f32::NEG_INFINITY {
+            0.0
+        } else {
+            (old - new).exp()
+        };
+        let row_sum = exp_sub_sum(row, new);
+        sum[r] = sum[r] * correction + row_sum;
+        max[r] = new;
+        if correction != 1.0 {
+            for a in &mut acc[r * d..(r + 1) * d] {
+                *a *= correction;
+            }
+        }
+    }
+}
+
+/// [`attention_f32`] for bf16 `q`, `k`, `v` on the bf16 dot product ([`super::bf16_gemm`],
+/// which the caller checks is available; `d` even): both block products take bf16 operands
+/// with f32 accumulation (the probabilities rounded to bf16 for the second, as in PyTorch's
+/// bf16 attention); softmax and the accumulator stay f32. Returns `(bh, n, d)` bf16.
+pub fn attention_bf16(
+    q: &[bf16],
+    k: &[bf16],
+    v: &[bf16],
+    key_bias: Option<KeyBias<'_>>,
+    (bh, n, m, d): (usize, usize, usize, usize),
+    scale: f32,
+) -> Vec<bf16> {
+    use super::bf16_gemm::{product_f32, Panels};
+    assert!(d % 2 == 0, "attention_bf16 needs an even head dim, got {d}");
+    assert_eq!(q.len(), bh * n * d, "q is not (bh, n, d)");
+    assert_eq!(k.len(), bh * m * d, "k is not (bh, m, d)");
+    assert_eq!(v.len(), bh * m * d, "v is not (bh, m, d)");
+    let mut out = vec![bf16::ZERO; bh * n * d];
+    if n == 0 || d == 0 {
+        return out;
+    }
+    // keys as (m outputs × d terms), values as (d outputs × m terms), once per problem
+    let packed: Vec<(Panels, Panels)> = (0..bh)
+        .into_par_iter()
+        .map(|p| {
+            let (k_p, v_p) = (
+                &k[p * m * d..(p + 1) * m * d],
+                &v[p * m * d..(p + 1) * m * d],
+            );
+            (
+                Panels::from_rows(k_p, m, d),
+                Panels::from_columns(v_p, m, d),
+            )
+        })
+        .collect();
+    let q_blocks = n.div_ceil(BQ);
+    let tasks: Vec<(usize, usize)> = (0..bh)
+        .flat_map(|p| (0..q_blocks).map(move |b| (p, b)))
+        .collect();
+    let out_ptr = SendPtrBf16(out.as_mut_ptr());
+    tasks.par_iter().for_each_init(
+        || (Scratch::new(d), vec![bf16::ZERO; BQ * BK]),
+        |(s, probs), &(p, block)| {
+            let row0 = block * BQ;
+            let rows = BQ.min(n - row0);
+            let q_blk = &q[(p * n + row0) * d..(p * n + row0 + rows) * d];
+            let (keys, values) = &packed[p];
+            let bias = key_bias.as_ref().map(|b| b.row(p));
+            let acc = &mut s.acc[..rows * d];
+            acc.fill(0.0);
+            s.max[..rows].fill(f32::NEG_INFINITY);
+            s.sum[..rows].fill(0.0);
+            let mut k0 = 0;
+            while k0 < m {
+                let cols = BK.min(m - k0);
+                // scores = scale · q · k_tileᵀ   (rows × cols, stride BK)
+                let scores = &mut s.scores[..rows * BK];
+                product_f32(
+                    q_blk,
+                    d,
+                    rows,
+                    keys,
+                    (k0, cols),
+                    (0, d / 2),
+                    scores,
+                    BK,
+                    (scale, false),
+                );
+                let tile_bias = bias.map(|b| &b[k0..k0 + cols]);
+                online_softmax(&mut s.max, &mut s.sum, scores, BK, cols, tile_bias, acc, d);
+                // acc += p · v_tile, p rounded to bf16 (an odd tail padded with a zero)
+                let pairs = cols.div_ceil(2);
+                for r in 0..rows {
+                    let (src, dst) = (&scores[r * BK..r * BK + cols], &mut probs[r * BK..]);
+                    for (o, x) in dst.iter_mut().zip(src) {
+                        *o = bf16::from_f32(*x);
+                    }
+                    dst[cols..2 * pairs].fill(bf16::ZERO);
+                }
+                product_f32(
+                    probs,
+                    BK,
+                    rows,
+                    values,
+                    (0, d),
+                    (k0 / 2, pairs),
+                    acc,
+                    d,
+                    (1.0, true),
+                );
+                k0 += cols;
+            }
+            // SAFETY: tasks write disjoint row ranges of `out`.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(out_ptr.get().add((p * n + row0) * d), rows * d)
+            };
+            for r in 0..rows {
+                let inv = if s.sum[r] > 0.0 { 1.0 / s.sum[r] } else { 0.0 };
+                for (o, a) in dst[r * d..(r + 1) * d]
+                    .iter_mut()
+                    .zip(&acc[r * d..(r + 1) * d])
+                {
+                    *o = bf16::from_f32(a * inv);
+                }
+            }
+        },
+    );
+    out
+}
+
+#[derive(Clone, Copy)]
+struct SendPtrBf16(*mut bf16);
+unsafe impl Send for SendPtrBf16 {}
+unsafe impl Sync for SendPtrBf16 {}
+impl SendPtrBf16 {
+    fn get(self) -> *mut bf16 {
+        self.0
     }
 }
 
