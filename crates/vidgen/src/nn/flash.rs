@@ -36,28 +36,14 @@ pub fn attention_f32(
     if n == 0 || d == 0 {
         return out;
     }
-    let q_blocks = n.div_ceil(BQ);
-    // one task per (problem, query block); its output rows are contiguous and disjoint
-    let tasks: Vec<(usize, usize)> = (0..bh)
-        .flat_map(|p| (0..q_blocks).map(move |b| (p, b)))
-        .collect();
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    tasks.par_iter().for_each_init(
-        || Scratch::new(d),
-        |scratch, &(p, block)| {
-            let row0 = block * BQ;
-            let rows = BQ.min(n - row0);
-            let q_blk = &q[(p * n + row0) * d..(p * n + row0 + rows) * d];
-            let k_p = &k[p * m * d..(p + 1) * m * d];
-            let v_p = &v[p * m * d..(p + 1) * m * d];
-            let bias = key_bias.as_ref().map(|b| b.row(p));
-            // SAFETY: tasks write disjoint row ranges of `out`.
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(out_ptr.get().add((p * n + row0) * d), rows * d)
-            };
-            tile(scratch, q_blk, k_p, v_p, bias, rows, m, d, scale, dst);
-        },
-    );
+    per_query_block(&mut out, (n, d), Scratch::new, |scratch, p, row0, dst| {
+        let rows = dst.len() / d;
+        let q_blk = &q[(p * n + row0) * d..(p * n + row0 + rows) * d];
+        let k_p = &k[p * m * d..(p + 1) * m * d];
+        let v_p = &v[p * m * d..(p + 1) * m * d];
+        let bias = key_bias.as_ref().map(|b| b.row(p));
+        tile(scratch, q_blk, k_p, v_p, bias, rows, m, d, scale, dst);
+    });
     out
 }
 
@@ -83,14 +69,24 @@ impl KeyBias<'_> {
     }
 }
 
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
+/// Runs `f(scratch, problem, first row, rows of out)` for every (problem, query block) of
+/// `out` (`bh` problems of `n` rows of `d`) in parallel: each task owns its block's rows, and
+/// each thread one scratch from `init(d)`.
+fn per_query_block<T: Send, S>(
+    out: &mut [T],
+    (n, d): (usize, usize),
+    init: impl Fn(usize) -> S + Sync + Send,
+    f: impl Fn(&mut S, usize, usize, &mut [T]) + Sync + Send,
+) {
+    out.par_chunks_mut(n * d)
+        .enumerate()
+        .flat_map(|(p, problem)| {
+            problem
+                .par_chunks_mut(BQ * d)
+                .enumerate()
+                .map(move |(block, rows)| (p, block * BQ, rows))
+        })
+        .for_each_init(|| init(d), |s, (p, row0, rows)| f(s, p, row0, rows));
 }
 
 /// Per-thread buffers.
@@ -110,6 +106,31 @@ impl Scratch {
             sum: vec![0.0; BQ],
         }
     }
+
+    /// Empty accumulator, running maxima and sums for a block of `rows` query rows.
+    fn start(&mut self, rows: usize, d: usize) {
+        self.acc[..rows * d].fill(0.0);
+        self.max[..rows].fill(f32::NEG_INFINITY);
+        self.sum[..rows].fill(0.0);
+    }
+
+    /// The block's output: each accumulator row over its softmax sum (rows whose keys were
+    /// all masked out: zero), through `convert`.
+    fn finish<T>(&self, rows: usize, d: usize, dst: &mut [T], convert: impl Fn(f32) -> T) {
+        for r in 0..rows {
+            let inv = if self.sum[r] > 0.0 {
+                1.0 / self.sum[r]
+            } else {
+                0.0
+            };
+            for (o, a) in dst[r * d..(r + 1) * d]
+                .iter_mut()
+                .zip(&self.acc[r * d..(r + 1) * d])
+            {
+                *o = convert(a * inv);
+            }
+        }
+    }
 }
 
 /// One query block against all keys: online softmax over key tiles.
@@ -126,14 +147,12 @@ fn tile(
     scale: f32,
     dst: &mut [f32],
 ) {
-    let acc = &mut s.acc[..rows * d];
-    acc.fill(0.0);
-    s.max[..rows].fill(f32::NEG_INFINITY);
-    s.sum[..rows].fill(0.0);
+    s.start(rows, d);
     let mut k0 = 0;
     while k0 < m {
         let cols = BK.min(m - k0);
         let scores = &mut s.scores[..rows * cols];
+        let acc = &mut s.acc[..rows * d];
         // scores = scale · q · k_tileᵀ   (rows × cols)
         unsafe {
             gemm::gemm(
@@ -186,15 +205,7 @@ fn tile(
         }
         k0 += cols;
     }
-    for r in 0..rows {
-        let inv = if s.sum[r] > 0.0 { 1.0 / s.sum[r] } else { 0.0 };
-        for (o, a) in dst[r * d..(r + 1) * d]
-            .iter_mut()
-            .zip(&acc[r * d..(r + 1) * d])
-        {
-            *o = a * inv;
-        }
-    }
+    s.finish(rows, d, dst, |x| x);
 }
 
 /// One key tile of the online softmax: adds the key bias to each of the `rows` score rows
@@ -278,89 +289,57 @@ pub fn attention_bf16(
             )
         })
         .collect();
-    let q_blocks = n.div_ceil(BQ);
-    let tasks: Vec<(usize, usize)> = (0..bh)
-        .flat_map(|p| (0..q_blocks).map(move |b| (p, b)))
-        .collect();
-    let out_ptr = SendPtrBf16(out.as_mut_ptr());
-    tasks.par_iter().for_each_init(
-        || (Scratch::new(d), vec![bf16::ZERO; BQ * BK]),
-        |(s, probs), &(p, block)| {
-            let row0 = block * BQ;
-            let rows = BQ.min(n - row0);
-            let q_blk = &q[(p * n + row0) * d..(p * n + row0 + rows) * d];
-            let (keys, values) = &packed[p];
-            let bias = key_bias.as_ref().map(|b| b.row(p));
+    let init = |d| (Scratch::new(d), vec![bf16::ZERO; BQ * BK]);
+    per_query_block(&mut out, (n, d), init, |(s, probs), p, row0, dst| {
+        let rows = dst.len() / d;
+        let q_blk = &q[(p * n + row0) * d..(p * n + row0 + rows) * d];
+        let (keys, values) = &packed[p];
+        let bias = key_bias.as_ref().map(|b| b.row(p));
+        s.start(rows, d);
+        let mut k0 = 0;
+        while k0 < m {
+            let cols = BK.min(m - k0);
+            // scores = scale · q · k_tileᵀ   (rows × cols, stride BK)
+            let scores = &mut s.scores[..rows * BK];
+            product_f32(
+                q_blk,
+                d,
+                rows,
+                keys,
+                (k0, cols),
+                (0, d / 2),
+                scores,
+                BK,
+                (scale, false),
+            );
+            let tile_bias = bias.map(|b| &b[k0..k0 + cols]);
             let acc = &mut s.acc[..rows * d];
-            acc.fill(0.0);
-            s.max[..rows].fill(f32::NEG_INFINITY);
-            s.sum[..rows].fill(0.0);
-            let mut k0 = 0;
-            while k0 < m {
-                let cols = BK.min(m - k0);
-                // scores = scale · q · k_tileᵀ   (rows × cols, stride BK)
-                let scores = &mut s.scores[..rows * BK];
-                product_f32(
-                    q_blk,
-                    d,
-                    rows,
-                    keys,
-                    (k0, cols),
-                    (0, d / 2),
-                    scores,
-                    BK,
-                    (scale, false),
-                );
-                let tile_bias = bias.map(|b| &b[k0..k0 + cols]);
-                online_softmax(&mut s.max, &mut s.sum, scores, BK, cols, tile_bias, acc, d);
-                // acc += p · v_tile, p rounded to bf16 (an odd tail padded with a zero)
-                let pairs = cols.div_ceil(2);
-                for r in 0..rows {
-                    let (src, dst) = (&scores[r * BK..r * BK + cols], &mut probs[r * BK..]);
-                    for (o, x) in dst.iter_mut().zip(src) {
-                        *o = bf16::from_f32(*x);
-                    }
-                    dst[cols..2 * pairs].fill(bf16::ZERO);
-                }
-                product_f32(
-                    probs,
-                    BK,
-                    rows,
-                    values,
-                    (0, d),
-                    (k0 / 2, pairs),
-                    acc,
-                    d,
-                    (1.0, true),
-                );
-                k0 += cols;
-            }
-            // SAFETY: tasks write disjoint row ranges of `out`.
-            let dst = unsafe {
-                std::slice::from_raw_parts_mut(out_ptr.get().add((p * n + row0) * d), rows * d)
-            };
+            online_softmax(&mut s.max, &mut s.sum, scores, BK, cols, tile_bias, acc, d);
+            // acc += p · v_tile, p rounded to bf16 (an odd tail padded with a zero)
+            let pairs = cols.div_ceil(2);
             for r in 0..rows {
-                let inv = if s.sum[r] > 0.0 { 1.0 / s.sum[r] } else { 0.0 };
-                for (o, a) in dst[r * d..(r + 1) * d]
-                    .iter_mut()
-                    .zip(&acc[r * d..(r + 1) * d])
-                {
-                    *o = bf16::from_f32(a * inv);
+                let (src, dst) = (&scores[r * BK..r * BK + cols], &mut probs[r * BK..]);
+                for (o, x) in dst.iter_mut().zip(src) {
+                    *o = bf16::from_f32(*x);
                 }
+                dst[cols..2 * pairs].fill(bf16::ZERO);
             }
-        },
-    );
+            product_f32(
+                probs,
+                BK,
+                rows,
+                values,
+                (0, d),
+                (k0 / 2, pairs),
+                acc,
+                d,
+                (1.0, true),
+            );
+            k0 += cols;
+        }
+        s.finish(rows, d, dst, bf16::from_f32);
+    });
     out
-}
-
-#[derive(Clone, Copy)]
-struct SendPtrBf16(*mut bf16);
-unsafe impl Send for SendPtrBf16 {}
-unsafe impl Sync for SendPtrBf16 {}
-impl SendPtrBf16 {
-    fn get(self) -> *mut bf16 {
-        self.0
-    }
 }
 
 /// `row[j] = exp(row[j] − max)` in place; returns the sum. With AVX2 and FMA where the CPU has
