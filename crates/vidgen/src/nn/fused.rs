@@ -56,6 +56,24 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1_no_bwd(&GeluTanh)
 }
 
+/// The gated residual `h + y · gate` in f32, as `h`'s dtype (`gate` `(B, 1, D)`, or anything
+/// that broadcasts): one fused pass where [`applies`], else candle ops.
+pub fn gated_add(h: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    if applies(&[h, y, gate]) && h.dims() == y.dims() && per_sample_fits(h, gate) {
+        return gated_residual(h, y, gate);
+    }
+    (h.to_dtype(DType::F32)? + y.to_dtype(DType::F32)?.broadcast_mul(gate)?)?.to_dtype(h.dtype())
+}
+
+/// GELU with the tanh approximation (candle's `gelu`): one fused pass where [`applies`].
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if applies(&[x]) {
+        gelu_tanh(x)
+    } else {
+        x.gelu()
+    }
+}
+
 /// A contiguous f32 or bf16 CPU slice.
 enum Src<'a> {
     F32(&'a [f32]),

@@ -12,6 +12,7 @@ use super::config::CogVideoXTransformerConfig;
 use super::embeddings::{rope_3d_tables, sincos_3d_table};
 use crate::nn::attention::scaled_dot_product_attention;
 use crate::nn::embed::timestep_embedding;
+use crate::nn::fused;
 use crate::nn::linear::{linear, Linear};
 use crate::nn::norm::LayerNorm;
 use crate::nn::rope::apply_rotary_interleaved;
@@ -169,7 +170,7 @@ impl FeedForward {
 
 impl Module for FeedForward {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        xs.apply(&self.proj_in)?.gelu()?.apply(&self.proj_out)
+        fused::gelu(&xs.apply(&self.proj_in)?)?.apply(&self.proj_out)
     }
 }
 

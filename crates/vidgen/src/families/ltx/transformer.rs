@@ -14,6 +14,7 @@ use super::config::LtxVideoTransformer3DConfig;
 use super::rope::{apply_rotary, LtxRope};
 use crate::nn::attention::scaled_dot_product_attention_with_bias;
 use crate::nn::embed::timestep_embedding;
+use crate::nn::fused;
 use crate::nn::linear::{linear, Linear};
 use crate::nn::norm::{LayerNorm, RmsNorm};
 
@@ -119,7 +120,7 @@ impl Module for FeedForward {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let h = xs.apply(&self.proj_in)?;
         let h = if self.tanh_gelu {
-            h.gelu()?
+            fused::gelu(&h)?
         } else {
             h.gelu_erf()?
         };
@@ -204,9 +205,7 @@ impl LtxVideoTransformerBlock {
         let attn = self
             .attn1
             .forward(&normed.to_dtype(dtype)?, None, Some(rope), None)?;
-        let hidden_states = (hidden_states.to_dtype(DType::F32)?
-            + attn.to_dtype(DType::F32)?.broadcast_mul(gate_msa)?)?
-        .to_dtype(dtype)?;
+        let hidden_states = fused::gated_add(hidden_states, &attn, gate_msa)?;
 
         // 2. Cross-attention to the caption; the reference reads the un-normalised states here.
         let attn = self
@@ -221,8 +220,7 @@ impl LtxVideoTransformerBlock {
             scale_mlp,
         )?;
         let ff = self.ff.forward(&normed.to_dtype(dtype)?)?;
-        (hidden_states.to_dtype(DType::F32)? + ff.to_dtype(DType::F32)?.broadcast_mul(gate_mlp)?)?
-            .to_dtype(dtype)
+        fused::gated_add(&hidden_states, &ff, gate_mlp)
     }
 }
 

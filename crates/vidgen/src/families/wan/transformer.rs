@@ -99,22 +99,8 @@ impl FeedForward {
 
 impl Module for FeedForward {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let h = xs.apply(&self.proj_in)?;
-        let h = if fused::applies(&[&h]) {
-            fused::gelu_tanh(&h)?
-        } else {
-            h.gelu()?
-        };
-        h.apply(&self.proj_out)
+        fused::gelu(&xs.apply(&self.proj_in)?)?.apply(&self.proj_out)
     }
-}
-
-/// The gated residual `h + y · gate` in f32, as `h`'s dtype (`gate` `(B, 1, D)` f32).
-fn gated_add(h: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
-    if fused::applies(&[h, y, gate]) && h.dims() == y.dims() && fused::per_sample_fits(h, gate) {
-        return fused::gated_residual(h, y, gate);
-    }
-    (h.to_dtype(DType::F32)? + y.to_dtype(DType::F32)?.broadcast_mul(gate)?)?.to_dtype(h.dtype())
 }
 
 /// One DiT block: self-attention, cross-attention to the text, MLP.
@@ -177,7 +163,7 @@ impl WanTransformerBlock {
             .norm1
             .forward_modulated(hidden_states, shift_msa, scale_msa, dtype)?;
         let attn = self.attn1.forward(&normed, None, Some(rope))?;
-        let hidden_states = gated_add(hidden_states, &attn, gate_msa)?;
+        let hidden_states = fused::gated_add(hidden_states, &attn, gate_msa)?;
 
         // 2. Cross-attention to the text (no modulation, no gate).
         let normed = match &self.norm2 {
@@ -192,7 +178,7 @@ impl WanTransformerBlock {
             .norm3
             .forward_modulated(&hidden_states, c_shift, c_scale, dtype)?;
         let ff = self.ffn.forward(&normed)?;
-        gated_add(&hidden_states, &ff, c_gate)
+        fused::gated_add(&hidden_states, &ff, c_gate)
     }
 }
 
