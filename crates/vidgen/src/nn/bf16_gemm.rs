@@ -51,14 +51,8 @@ pub fn linear(
     if m == 0 || n == 0 {
         return out;
     }
-    let panels = n.div_ceil(NR);
-    let pairs = k / 2;
-    // panel p, pair q, column j: the u32 holding (w[c][2q], w[c][2q + 1]) of column c = p NR + j
-    let mut packed = vec![0u32; panels * pairs * NR];
-    packed
-        .par_chunks_mut(pairs * NR)
-        .enumerate()
-        .for_each(|(p, panel)| pack_panel(w, k, n, p * NR, panel));
+    let packed = Panels::from_rows(w, n, k);
+    let (panels, pairs) = (n.div_ceil(NR), packed.pairs);
 
     // enough tasks for every thread even when the panels are few: split the rows too
     let threads = rayon::current_num_threads().max(1);
@@ -76,7 +70,7 @@ pub fn linear(
         if let Some(bias) = bias {
             b[..cols].copy_from_slice(&bias[col0..col0 + cols]);
         }
-        let panel = &packed[p * pairs * NR..(p + 1) * pairs * NR];
+        let panel = &packed.data[p * pairs * NR..(p + 1) * pairs * NR];
         let mut r = row0;
         while r < row0 + rows {
             let tile_rows = MR.min(row0 + rows - r);
@@ -102,19 +96,6 @@ pub fn linear(
     out
 }
 
-/// Columns `col0..col0 + NR` of `w` (`(n, k)`) as `k / 2` rows of `NR` pairs; columns past `n`
-/// stay zero.
-fn pack_panel(w: &[bf16], k: usize, n: usize, col0: usize, panel: &mut [u32]) {
-    let pairs = k / 2;
-    for j in 0..NR.min(n - col0) {
-        let row = &w[(col0 + j) * k..(col0 + j + 1) * k];
-        for (q, pair) in row.chunks_exact(2).enumerate() {
-            panel[q * NR + j] = pair_bits(pair[0], pair[1]);
-        }
-    }
-    debug_assert_eq!(panel.len(), pairs * NR);
-}
-
 /// Two bf16 as the u32 lane `vdpbf16ps` reads: `lo` in the low half.
 fn pair_bits(lo: bf16, hi: bf16) -> u32 {
     lo.to_bits() as u32 | (hi.to_bits() as u32) << 16
@@ -129,19 +110,24 @@ pub struct Panels {
 }
 
 impl Panels {
-    /// From `(n, k)` row-major: each output's terms contiguous (attention's keys).
+    /// From `(n, k)` row-major: each output's terms contiguous (a linear layer's weight,
+    /// attention's keys). Panels are packed in parallel.
     pub fn from_rows(w: &[bf16], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "not (n, k)");
         let pairs = k.div_ceil(2);
         let mut data = vec![0u32; n.div_ceil(NR) * pairs * NR];
-        for c in 0..n {
-            let row = &w[c * k..(c + 1) * k];
-            let base = (c / NR) * pairs * NR + c % NR;
-            for q in 0..pairs {
-                let hi = row.get(2 * q + 1).copied().unwrap_or(bf16::ZERO);
-                data[base + q * NR] = pair_bits(row[2 * q], hi);
-            }
-        }
+        // panel p, pair q, column j: the u32 of (w[c][2q], w[c][2q + 1]), c = p NR + j
+        data.par_chunks_mut(pairs * NR)
+            .enumerate()
+            .for_each(|(p, panel)| {
+                for j in 0..NR.min(n - p * NR) {
+                    let row = &w[(p * NR + j) * k..(p * NR + j + 1) * k];
+                    for q in 0..pairs {
+                        let hi = row.get(2 * q + 1).copied().unwrap_or(bf16::ZERO);
+                        panel[q * NR + j] = pair_bits(row[2 * q], hi);
+                    }
+                }
+            });
         Self { data, pairs, n }
     }
 

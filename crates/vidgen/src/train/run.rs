@@ -343,11 +343,10 @@ impl Trainer {
         for ((clip, &index), &drop) in clips.iter().zip(&plan.clips).zip(&plan.drop_caption) {
             latents.push(state.latents_of(clip, index, &self.device)?);
             let caption = if drop { "" } else { clip.caption.as_str() };
-            texts.push(state.text_of(caption)?);
+            texts.push(state.text_of(caption, &self.device)?);
         }
         let x0 = Tensor::cat(&latents, 0)?;
-        // the frozen text encoder runs (once per caption) on the CPU
-        let text = Tensor::cat(&texts, 0)?.to_device(&self.device)?;
+        let text = Tensor::cat(&texts, 0)?;
         let b = x0.dim(0)?;
 
         let mut rng = NoiseRng::new(plan.noise_seed);
@@ -393,11 +392,16 @@ impl DitState {
         Ok(latents)
     }
 
-    fn text_of(&mut self, caption: &str) -> Result<Tensor> {
+    /// The caption's text states on `device`: the frozen text encoder runs on the CPU, once
+    /// per caption.
+    fn text_of(&mut self, caption: &str, device: &Device) -> Result<Tensor> {
         if let Some(t) = self.texts.get(caption) {
             return Ok(t.clone());
         }
-        let states = self.text.encode_text(&[caption], self.max_len)?;
+        let states = self
+            .text
+            .encode_text(&[caption], self.max_len)?
+            .to_device(device)?;
         self.texts.insert(caption.to_string(), states.clone());
         Ok(states)
     }
