@@ -6,6 +6,9 @@ use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
 
+mod common;
+use common::{max_abs_diff, saved_frames_error};
+
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/wan")
 }
@@ -49,20 +52,6 @@ fn save_latents(path: &Path, latents: &Tensor) {
         path,
     )
     .unwrap();
-}
-
-/// Largest difference between the frames `--save-frames` wrote to `path` and `want`.
-fn saved_frames_error(path: &Path, want: &Tensor) -> f32 {
-    let got = candle_core::safetensors::load(path, &Device::Cpu).unwrap()["frames"].clone();
-    assert_eq!(got.dims(), want.dims());
-    (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// Runs the fixture's pipeline call through the CLI and compares frames with diffusers'.
@@ -366,15 +355,7 @@ fn init_info_and_generate_work_together() {
 
     // The same seed gives the same frames.
     let again = generate("frames2.safetensors");
-    let diff = (got - again)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert_eq!(diff, 0.0);
+    assert_eq!(max_abs_diff(&got, &again), 0.0);
 }
 
 #[test]

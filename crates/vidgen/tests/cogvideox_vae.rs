@@ -12,6 +12,9 @@ use vidgen::families::cogvideox::vae::{
     AutoencoderKlCogVideoX, AutoencoderKlCogVideoXConfig, TilingConfig,
 };
 
+mod common;
+use common::max_abs_diff;
+
 fn fixture_dir(variant: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures/cogvideox")
@@ -30,17 +33,6 @@ fn load_vae(variant: &str, dtype: DType) -> AutoencoderKlCogVideoX {
 fn reference(variant: &str) -> HashMap<String, Tensor> {
     let path = fixture_dir(variant).join("reference.safetensors");
     candle_core::safetensors::load(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{path:?}: {e}"))
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
-    d.abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]

@@ -10,6 +10,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use vidgen::families::ltx::vae::{AutoencoderKlLtxVideo, AutoencoderKlLtxVideoConfig};
 
+mod common;
+use common::max_abs_diff;
+
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/ltx")
 }
@@ -26,17 +29,6 @@ fn load_vae(dtype: DType) -> AutoencoderKlLtxVideo {
 fn reference() -> HashMap<String, Tensor> {
     let path = fixture_dir().join("reference.safetensors");
     candle_core::safetensors::load(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{path:?}: {e}"))
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
-    d.abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]

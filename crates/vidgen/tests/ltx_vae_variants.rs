@@ -14,6 +14,9 @@ use vidgen::families::ltx::vae::{
     AutoencoderKlLtxVideo, AutoencoderKlLtxVideoConfig, FramewiseConfig, TilingConfig,
 };
 
+mod common;
+use common::max_abs_diff;
+
 fn load(variant: &str) -> (AutoencoderKlLtxVideo, HashMap<String, Tensor>) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures/ltx_vae")
@@ -26,18 +29,6 @@ fn load(variant: &str) -> (AutoencoderKlLtxVideo, HashMap<String, Tensor>) {
     let reference = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
         .expect("reference.safetensors");
     (vae, reference)
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn check(variant: &str) {

@@ -5,9 +5,12 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use vidgen::families::wan::vae::{AutoencoderKlWan, AutoencoderKlWanConfig, TilingConfig};
+
+mod common;
+use common::max_abs_diff;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -23,19 +26,6 @@ fn load_vae(dir: PathBuf, dtype: DType) -> AutoencoderKlWan {
 
 fn reference(path: PathBuf) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{path:?}: {e}"))
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
-    d.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(D::Minus1)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]
