@@ -55,6 +55,9 @@ pub struct EvalArgs {
     /// Which phrasings to draw the prompts from: `eval` (held out from training) or `train`.
     #[arg(long, default_value = "eval", value_parser = ["eval", "train"])]
     pub split: String,
+    /// Fast mode, as `vidgen generate --step-cache`.
+    #[arg(long, value_name = "THRESHOLD")]
+    pub step_cache: Option<f64>,
     /// Weights and activations: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
@@ -237,6 +240,7 @@ fn generate(
         num_inference_steps: args.steps,
         guidance_scale: args.guidance,
         seed,
+        step_cache: args.step_cache,
         ..GenerateRequest::default()
     };
     let generated = pipeline

@@ -75,6 +75,11 @@ pub struct GenerateArgs {
     /// Default 0.8.
     #[arg(long, requires = "video")]
     pub strength: Option<f64>,
+    /// Fast mode: skip the transformer's later blocks on steps where its first block's output
+    /// changed by less than this fraction since the last full step (diffusers' first-block
+    /// cache threshold: 0.05 is its default, 0.1–0.3 skips more). Off by default.
+    #[arg(long, value_name = "THRESHOLD")]
+    pub step_cache: Option<f64>,
     /// Image-to-video: the first frame (.png, .jpg, .webp), resized to the output size
     /// (LTX-Video, as diffusers' LTXImageToVideoPipeline).
     #[arg(long)]
@@ -153,6 +158,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         strength: args.strength,
         image,
         encode_noise: None,
+        step_cache: args.step_cache,
     };
     let settings = pipeline.resolve(&request)?;
     eprintln!(
@@ -188,6 +194,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let sidecar = sidecar_path(&args.output);
     write_atomic(&sidecar, serde_json::to_string_pretty(&record)?.as_bytes())?;
     let t = generated.timings;
+    if let Some(threshold) = settings.step_cache {
+        eprintln!(
+            "step cache {threshold}: {} of {} steps reused the later blocks",
+            generated.skipped_steps, settings.num_inference_steps
+        );
+    }
     eprintln!(
         "wrote {} ({f} frames, {w}x{h}, {fps} fps) in {:.1}s (text encoder {:.1}s, denoise {:.1}s, \
          VAE decode {:.1}s); settings in {}",

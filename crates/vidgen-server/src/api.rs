@@ -41,6 +41,7 @@ const CREATE_FIELDS: &[&str] = &[
     "steps",
     "guidance",
     "fps",
+    "step_cache",
 ];
 
 pub(crate) fn router(app: Shared) -> Router {
@@ -251,6 +252,7 @@ fn video_json(job: &Job) -> Value {
             "guidance": p.guidance,
             "seed": p.seed,
             "fps": p.fps,
+            "step_cache": p.step_cache,
         },
     })
 }
@@ -705,6 +707,9 @@ fn plan_job(
     if !(guidance.is_finite() && (0.0..=50.0).contains(&guidance)) {
         return Err(ApiError::invalid("guidance", "guidance: from 0 to 50"));
     }
+    let step_cache = fields.number::<f64>("step_cache", "a number")?;
+    vidgen::pipeline::check_step_cache(step_cache)
+        .map_err(|e| ApiError::invalid("step_cache", e.to_string()))?;
     let seed = match fields.number::<u64>("seed", "a non-negative integer")? {
         Some(seed) => seed,
         None => rand::random::<u32>() as u64,
@@ -742,6 +747,7 @@ fn plan_job(
         seed,
         fps: Some(fps),
         image: image.cloned(),
+        step_cache,
         ..GenerateRequest::default()
     };
     let validator = app.validator.lock().unwrap_or_else(|p| p.into_inner());
@@ -810,6 +816,7 @@ fn plan_job(
             seed,
             fps,
             image: image.is_some(),
+            step_cache,
         },
         seconds: format_seconds(seconds),
         size: format!("{}x{}", settings.width, settings.height),

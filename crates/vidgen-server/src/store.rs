@@ -45,6 +45,9 @@ pub struct JobParams {
     /// Image-to-video: the first frame is `inputs/<id>.png` in the data folder.
     #[serde(default)]
     pub image: bool,
+    /// The fast mode's first-block cache threshold, if asked for.
+    #[serde(default)]
+    pub step_cache: Option<f64>,
 }
 
 /// One row of the queue.
@@ -400,6 +403,7 @@ mod tests {
                 seed: 7,
                 fps: 8,
                 image: false,
+                step_cache: None,
             },
             remixed_from: None,
             completed_at: None,

@@ -130,6 +130,7 @@ fn run_job(app: &App, pipeline: &mut dyn VideoPipeline, owner: &str, job: Job) {
         seed: p.seed,
         fps: Some(p.fps),
         image,
+        step_cache: p.step_cache,
         cancel: Some(cancel.clone()),
         ..GenerateRequest::default()
     };

@@ -125,6 +125,10 @@ pub struct GenerateRequest {
     /// Video-to-video with a VAE whose posterior the reference samples (CogVideoX): the draw
     /// ε of `mean + std · ε`, shaped as the posterior `(1, C, T, H, W)`. Default: from the seed.
     pub encode_noise: Option<Tensor>,
+    /// Fast mode: skip the transformer's later blocks on steps where its first block's
+    /// residual changed by less than this (relative) since the last full step — diffusers'
+    /// first-block cache threshold ([`crate::nn::step_cache`]). `None`: every step runs in full.
+    pub step_cache: Option<f64>,
 }
 
 /// diffusers' default `strength` for video-to-video.
@@ -211,6 +215,9 @@ pub struct Settings {
     /// Video-to-video: how much of the input was repainted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub strength: Option<f64>,
+    /// The first-block cache threshold of the fast mode, if on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_cache: Option<f64>,
 }
 
 /// A finished generation.
@@ -224,6 +231,8 @@ pub struct Generated {
     pub settings: Settings,
     /// Wall-clock seconds of each stage, components' loading included.
     pub timings: Timings,
+    /// Denoising steps whose later transformer blocks the fast mode skipped.
+    pub skipped_steps: usize,
 }
 
 /// Seconds spent in each stage of a generation.
@@ -344,6 +353,17 @@ pub fn check_strength(strength: Option<f64>, steps: usize) -> Result<f64> {
         )));
     }
     Ok(s)
+}
+
+/// The fast mode's threshold of a request, checked: finite and positive.
+pub fn check_step_cache(threshold: Option<f64>) -> Result<Option<f64>> {
+    match threshold {
+        Some(t) if !(t.is_finite() && t > 0.0) => Err(Error::InvalidRequest(format!(
+            "the step cache threshold must be a positive number (0.05 is diffusers' default; \
+             0.1–0.3 skips more steps), got {t}"
+        ))),
+        t => Ok(t),
+    }
 }
 
 /// The timesteps video-to-video runs: the last `⌊n · strength⌋` of the schedule's `n`, as

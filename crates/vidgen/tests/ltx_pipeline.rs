@@ -79,7 +79,7 @@ fn denoise_matches_diffusers_final_latents() {
     let refs = family_reference("ltx");
     let mut pipe = pipeline();
     let mut steps = 0;
-    let (settings, latents, _) = pipe
+    let (settings, latents, _, _) = pipe
         .denoise(&fixture_request(), &mut |p| {
             assert_eq!(p.stage, Stage::Denoise);
             steps = p.done;
@@ -196,12 +196,12 @@ fn guidance_of_one_ignores_the_negative_prompt() {
         num_inference_steps: Some(2),
         ..fixture_request()
     };
-    let (_, a, _) = pipe.denoise(&base, &mut |_| {}).unwrap();
+    let (_, a, _, _) = pipe.denoise(&base, &mut |_| {}).unwrap();
     let other = GenerateRequest {
         negative_prompt: Some("something else entirely".into()),
         ..base
     };
-    let (_, b, _) = pipe.denoise(&other, &mut |_| {}).unwrap();
+    let (_, b, _, _) = pipe.denoise(&other, &mut |_| {}).unwrap();
     assert_eq!(max_abs_diff(&a, &b), 0.0);
 }
 

@@ -10,3 +10,4 @@ pub mod linear;
 pub mod norm;
 pub mod patch;
 pub mod rope;
+pub mod step_cache;

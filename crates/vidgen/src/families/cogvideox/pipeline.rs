@@ -27,8 +27,9 @@ use super::config::CogVideoXTransformerConfig;
 use super::transformer::CogVideoXTransformer3D;
 use super::vae::{AutoencoderKlCogVideoX, AutoencoderKlCogVideoXConfig};
 use crate::checkpoint::{class_name, read_json, resolve_model_dir};
+use crate::nn::step_cache::FirstBlockCache;
 use crate::pipeline::{
-    build_component, check_finite, check_strength, posterior_noise, read_config,
+    build_component, check_finite, check_step_cache, check_strength, posterior_noise, read_config,
     strength_timesteps, text_encoder_dtype, video_frame_count, video_to_frames, video_to_vae_input,
     GenerateRequest, Generated, LoadOptions, ModelDefaults, Progress, Settings, Stage, Timings,
     VideoPipeline,
@@ -229,6 +230,7 @@ impl CogVideoXPipeline {
             fps: req.fps.unwrap_or(d.fps),
             scheduler: self.scheduler_class.clone(),
             strength: None,
+            step_cache: check_step_cache(req.step_cache)?,
         };
         let mut settings = settings;
         if req.video.is_some() {
@@ -320,7 +322,8 @@ impl CogVideoXPipeline {
         req: &GenerateRequest,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Generated> {
-        let (settings, latents, mut timings) = self.denoise_with_progress(req, progress)?;
+        let (settings, latents, mut timings, skipped_steps) =
+            self.denoise_with_progress(req, progress)?;
         let clock = std::time::Instant::now();
         let frames = self.decode(&latents, progress)?;
         timings.vae_decode = clock.elapsed().as_secs_f64();
@@ -329,6 +332,7 @@ impl CogVideoXPipeline {
             latents,
             settings,
             timings,
+            skipped_steps,
         })
     }
 
@@ -342,7 +346,7 @@ impl CogVideoXPipeline {
         &mut self,
         req: &GenerateRequest,
         progress: &mut dyn FnMut(Progress),
-    ) -> Result<(Settings, Tensor, Timings)> {
+    ) -> Result<(Settings, Tensor, Timings, usize)> {
         let settings = self.resolve(req)?;
         let device = self.opts.device.clone();
         let do_cfg = settings.guidance_scale > 1.0;
@@ -390,13 +394,20 @@ impl CogVideoXPipeline {
         let batch = text_states.dim(0)?;
         let (_, t_lat, _, h_lat, w_lat) = latents.dims5()?;
         let rope = transformer.rotary_tables((t_lat, h_lat, w_lat), &device)?;
+        let mut cache = settings.step_cache.map(FirstBlockCache::new);
         for (i, &t) in timesteps.iter().enumerate() {
             let model_input = latents
                 .to_dtype(transformer.dtype())?
                 .repeat((batch, 1, 1, 1, 1))?;
             let timestep = Tensor::full(t as f32, batch, &device)?;
             let out = transformer
-                .forward_with_rope(&model_input, &text_states, &timestep, rope.as_ref())?
+                .forward_cached(
+                    &model_input,
+                    &text_states,
+                    &timestep,
+                    rope.as_ref(),
+                    cache.as_mut(),
+                )?
                 .to_dtype(DType::F32)?;
             let noise_pred = if do_cfg {
                 let guidance = if use_dynamic_cfg {
@@ -424,7 +435,8 @@ impl CogVideoXPipeline {
             self.transformer = None;
         }
         timings.denoise = clock.elapsed().as_secs_f64();
-        Ok((settings, latents, timings))
+        let skipped = cache.map_or(0, |c| c.skipped());
+        Ok((settings, latents, timings, skipped))
     }
 
     /// The scheduler of the model folder, fresh; a `CogVideoXDPMScheduler` (which keeps the

@@ -16,6 +16,7 @@ use crate::nn::fused;
 use crate::nn::linear::{linear, Linear};
 use crate::nn::norm::LayerNorm;
 use crate::nn::rope::apply_rotary_interleaved;
+use crate::nn::step_cache::{self, FirstBlockCache};
 
 /// `x · (1 + scale) + shift` in `x`'s dtype (`x` `(B, N, D)`, `shift`/`scale` `(B, 1, D)`).
 fn modulate(xs: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
@@ -405,6 +406,20 @@ impl CogVideoXTransformer3D {
         timestep: &Tensor,
         rope: Option<&(Tensor, Tensor)>,
     ) -> Result<Tensor> {
+        self.forward_cached(hidden_states, encoder_hidden_states, timestep, rope, None)
+    }
+
+    /// As [`Self::forward_with_rope`]; with a `cache`, the blocks after the first are skipped
+    /// when it says their result can be reused (one cache per generation, see
+    /// [`FirstBlockCache`]; it decides on the video stream, the only one the output reads).
+    pub fn forward_cached(
+        &self,
+        hidden_states: &Tensor,
+        encoder_hidden_states: &Tensor,
+        timestep: &Tensor,
+        rope: Option<&(Tensor, Tensor)>,
+        cache: Option<&mut FirstBlockCache>,
+    ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let p = cfg.patch_size;
         let (b, t, c, h, w) = hidden_states.dims5()?;
@@ -447,7 +462,7 @@ impl CogVideoXTransformer3D {
             .contiguous()?
             .reshape((b, n, c * p * p))?;
         let mut video = patches.apply(&self.patch_proj)?;
-        let mut text = encoder_hidden_states
+        let text = encoder_hidden_states
             .to_dtype(self.dtype)?
             .apply(&self.text_proj)?;
         if let Some(table) = self.position_table((t, h, w), l)? {
@@ -456,9 +471,13 @@ impl CogVideoXTransformer3D {
         }
 
         // 3. Blocks over [text; video].
-        for block in &self.blocks {
-            (video, text) = block.forward(&video, &text, &temb, rope)?;
-        }
+        let video = step_cache::run_blocks(
+            &self.blocks,
+            (video, text),
+            cache,
+            |block, (video, text)| block.forward(&video, &text, &temb, rope),
+            |(video, _)| video,
+        )?;
 
         // 4. Final norm, AdaLN (shift first, then scale), projection to patches.
         let video = self.norm_final.forward(&video)?.to_dtype(self.dtype)?;

@@ -20,10 +20,11 @@ use super::rope::rope_interpolation_scale;
 use super::transformer::{LtxTransformerInputs, LtxVideoTransformer3D};
 use super::vae::{AutoencoderKlLtxVideo, AutoencoderKlLtxVideoConfig};
 use crate::checkpoint::{class_name, resolve_model_dir};
+use crate::nn::step_cache::FirstBlockCache;
 use crate::pipeline::{
-    build_component, check_finite, posterior_noise, read_config, text_encoder_dtype,
-    video_to_frames, video_to_vae_input, GenerateRequest, Generated, LoadOptions, ModelDefaults,
-    Progress, Settings, Stage, Timings, VideoPipeline,
+    build_component, check_finite, check_step_cache, posterior_noise, read_config,
+    text_encoder_dtype, video_to_frames, video_to_vae_input, GenerateRequest, Generated,
+    LoadOptions, ModelDefaults, Progress, Settings, Stage, Timings, VideoPipeline,
 };
 use crate::scheduler::flow_match_euler::{
     FlowMatchEulerDiscreteConfig, FlowMatchEulerDiscreteScheduler,
@@ -227,6 +228,7 @@ impl LtxPipeline {
             fps: req.fps.unwrap_or(d.fps),
             scheduler: FlowMatchEulerDiscreteScheduler::CLASS_NAME.into(),
             strength: None,
+            step_cache: check_step_cache(req.step_cache)?,
         };
         let bad = |msg: String| Err(Error::InvalidRequest(msg));
         let (num_frames, height, width) = (settings.num_frames, settings.height, settings.width);
@@ -324,7 +326,7 @@ impl LtxPipeline {
         &mut self,
         req: &GenerateRequest,
         progress: &mut dyn FnMut(Progress),
-    ) -> Result<(Settings, Tensor, f64)> {
+    ) -> Result<(Settings, Tensor, f64, usize)> {
         let settings = self.resolve(req)?;
         let device = self.opts.device.clone();
         let do_cfg = settings.guidance_scale > 1.0;
@@ -372,6 +374,7 @@ impl LtxPipeline {
         let transformer = self.transformer()?;
         let text_states = text.prompt_embeds.to_dtype(transformer.dtype())?;
         let batch = text_states.dim(0)?;
+        let mut cache = settings.step_cache.map(FirstBlockCache::new);
         for (i, &timestep) in timesteps.iter().enumerate() {
             let model_input = latents
                 .to_dtype(transformer.dtype())?
@@ -386,14 +389,17 @@ impl LtxPipeline {
                 Tensor::cat(&[&zeros, &rest], 1)?
             };
             let out = transformer
-                .forward(&LtxTransformerInputs {
-                    hidden_states: &model_input,
-                    encoder_hidden_states: &text_states,
-                    timestep: &timestep_batch,
-                    encoder_attention_mask: Some(&text.attention_mask),
-                    latent_grid: grid,
-                    rope_interpolation_scale: Some(rope_scale),
-                })?
+                .forward_cached(
+                    &LtxTransformerInputs {
+                        hidden_states: &model_input,
+                        encoder_hidden_states: &text_states,
+                        timestep: &timestep_batch,
+                        encoder_attention_mask: Some(&text.attention_mask),
+                        latent_grid: grid,
+                        rope_interpolation_scale: Some(rope_scale),
+                    },
+                    cache.as_mut(),
+                )?
                 .to_dtype(DType::F32)?;
             let noise_pred = if do_cfg {
                 let (uncond, cond) = (out.narrow(0, 0, 1)?, out.narrow(0, 1, 1)?);
@@ -427,7 +433,8 @@ impl LtxPipeline {
         if !self.opts.keep_loaded {
             self.transformer = None;
         }
-        Ok((settings, latents, text_seconds))
+        let skipped = cache.map_or(0, |c| c.skipped());
+        Ok((settings, latents, text_seconds, skipped))
     }
 
     /// An input image `(H, W, 3)` in [0, 1] → its normalised latents `(1, C, 1, h, w)` f32, as
@@ -515,7 +522,7 @@ impl LtxPipeline {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Generated> {
         let clock = std::time::Instant::now();
-        let (settings, packed, text_encoder) = self.denoise(req, progress)?;
+        let (settings, packed, text_encoder, skipped_steps) = self.denoise(req, progress)?;
         let mut timings = Timings {
             text_encoder,
             denoise: clock.elapsed().as_secs_f64() - text_encoder,
@@ -535,6 +542,7 @@ impl LtxPipeline {
             latents: unpack_latents(&packed, self.latent_grid(&settings))?,
             settings,
             timings,
+            skipped_steps,
         })
     }
 

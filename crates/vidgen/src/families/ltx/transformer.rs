@@ -17,6 +17,7 @@ use crate::nn::embed::timestep_embedding;
 use crate::nn::fused;
 use crate::nn::linear::{linear, Linear};
 use crate::nn::norm::{LayerNorm, RmsNorm};
+use crate::nn::step_cache::{self, FirstBlockCache};
 
 /// Width of the sinusoidal timestep features (`Timesteps(256)` in AdaLayerNormSingle).
 const TIMESTEP_FEATURES: usize = 256;
@@ -344,6 +345,16 @@ impl LtxVideoTransformer3D {
 
     /// One denoising call; returns the prediction `(B, N, C_out)` in the model dtype.
     pub fn forward(&self, inputs: &LtxTransformerInputs) -> Result<Tensor> {
+        self.forward_cached(inputs, None)
+    }
+
+    /// As [`Self::forward`]; with a `cache`, the blocks after the first are skipped when it says
+    /// their result can be reused (one cache per generation, see [`FirstBlockCache`]).
+    pub fn forward_cached(
+        &self,
+        inputs: &LtxTransformerInputs,
+        cache: Option<&mut FirstBlockCache>,
+    ) -> Result<Tensor> {
         let (b, n) = self.check_inputs(inputs)?;
         let dim = self.cfg.inner_dim();
         let device = inputs.hidden_states.device();
@@ -384,13 +395,17 @@ impl LtxVideoTransformer3D {
         let embedded = embedded.reshape((b, nt, dim))?;
 
         // 3. Blocks over the projected tokens.
-        let mut hidden = inputs
+        let hidden = inputs
             .hidden_states
             .to_dtype(self.dtype)?
             .apply(&self.proj_in)?;
-        for block in &self.blocks {
-            hidden = block.forward(&hidden, &text_states, &temb, &rope, text_bias.as_ref())?;
-        }
+        let hidden = step_cache::run_blocks(
+            &self.blocks,
+            hidden,
+            cache,
+            |block, h| block.forward(&h, &text_states, &temb, &rope, text_bias.as_ref()),
+            |h| h,
+        )?;
 
         // 4. Output norm modulated by the embedded timestep, projection to latent channels.
         let mods = embedded

@@ -13,10 +13,12 @@ use super::config::{WanPipelineIndex, WanTransformerConfig};
 use super::transformer::WanTransformer3D;
 use super::vae::{AutoencoderKlWan, AutoencoderKlWanConfig};
 use crate::checkpoint::{read_json, resolve_model_dir};
+use crate::nn::step_cache::FirstBlockCache;
 use crate::pipeline::{
-    build_component, check_finite, check_strength, read_config, strength_timesteps,
-    text_encoder_dtype, video_frame_count, video_to_frames, video_to_vae_input, GenerateRequest,
-    Generated, LoadOptions, ModelDefaults, Progress, Settings, Stage, Timings, VideoPipeline,
+    build_component, check_finite, check_step_cache, check_strength, read_config,
+    strength_timesteps, text_encoder_dtype, video_frame_count, video_to_frames, video_to_vae_input,
+    GenerateRequest, Generated, LoadOptions, ModelDefaults, Progress, Settings, Stage, Timings,
+    VideoPipeline,
 };
 use crate::scheduler;
 use crate::text::{encode_prompts, PromptTokenizer, Umt5Config, Umt5EncoderModel};
@@ -194,6 +196,7 @@ impl WanPipeline {
             fps: req.fps.unwrap_or(d.fps),
             scheduler: self.scheduler_class.clone(),
             strength: None,
+            step_cache: check_step_cache(req.step_cache)?,
         };
         let mut settings = settings;
         if req.video.is_some() {
@@ -325,13 +328,14 @@ impl WanPipeline {
         let transformer = self.transformer()?;
         let text_states = transformer.embed_text(&text_states)?; // (B, L, D)
         let batch = text_states.dim(0)?;
+        let mut cache = settings.step_cache.map(FirstBlockCache::new);
         for (i, &t) in timesteps.iter().enumerate() {
             let model_input = latents
                 .to_dtype(transformer.dtype())?
                 .repeat((batch, 1, 1, 1, 1))?;
             let timestep = Tensor::full(t as f32, batch, &device)?;
             let out = transformer
-                .forward_with_text(&model_input, &timestep, &text_states)?
+                .forward_cached(&model_input, &timestep, &text_states, cache.as_mut())?
                 .to_dtype(DType::F32)?;
             let noise_pred = if do_cfg {
                 let (cond, uncond) = (out.narrow(0, 0, 1)?, out.narrow(0, 1, 1)?);
@@ -363,6 +367,7 @@ impl WanPipeline {
             latents,
             settings,
             timings,
+            skipped_steps: cache.map_or(0, |c| c.skipped()),
         })
     }
 

@@ -15,6 +15,7 @@ use crate::nn::linear::{linear, Linear};
 use crate::nn::norm::{LayerNorm, RmsNorm};
 use crate::nn::patch::{patchify, unpatchify};
 use crate::nn::rope::{apply_rotary_interleaved, Rope3d};
+use crate::nn::step_cache::{self, FirstBlockCache};
 
 /// Multi-head attention with RMS-normalised queries and keys (normalised across all heads).
 #[derive(Debug, Clone)]
@@ -296,6 +297,19 @@ impl WanTransformer3D {
         timestep: &Tensor,
         text_states: &Tensor,
     ) -> Result<Tensor> {
+        self.forward_cached(hidden_states, timestep, text_states, None)
+    }
+
+    /// As [`Self::forward_with_text`]; with a `cache`, the blocks after the first are skipped
+    /// when it says their result can be reused (one cache per generation, see
+    /// [`FirstBlockCache`]).
+    pub fn forward_cached(
+        &self,
+        hidden_states: &Tensor,
+        timestep: &Tensor,
+        text_states: &Tensor,
+        cache: Option<&mut FirstBlockCache>,
+    ) -> Result<Tensor> {
         let (b, c, t, h, w) = hidden_states.dims5()?;
         let (pt, ph, pw) = self.patch;
         if c != self.cfg.in_channels || t % pt != 0 || h % ph != 0 || w % pw != 0 {
@@ -323,7 +337,7 @@ impl WanTransformer3D {
 
         // 1. Patch embedding: b c (t pt) (h ph) (w pw) -> b (t h w) (c pt ph pw) -> b N D
         let tokens = patchify(&hidden_states.to_dtype(self.dtype)?, self.patch)?;
-        let mut hidden = self.patch_embedding.forward(&tokens)?;
+        let hidden = self.patch_embedding.forward(&tokens)?;
 
         // 2. Timestep conditioning: temb (B, D), timestep_proj (B, 6, D).
         let t_freq = timestep_embedding(timestep, self.cfg.freq_dim)?;
@@ -335,10 +349,14 @@ impl WanTransformer3D {
         let dim = self.cfg.inner_dim();
         let timestep_proj = temb.silu()?.apply(&self.time_proj)?.reshape((b, 6, dim))?;
 
-        // 3. Blocks.
-        for block in &self.blocks {
-            hidden = block.forward(&hidden, text_states, &timestep_proj, &rope)?;
-        }
+        // 3. Blocks; with a cache, the first decides whether the others run.
+        let hidden = step_cache::run_blocks(
+            &self.blocks,
+            hidden,
+            cache,
+            |block, h| block.forward(&h, text_states, &timestep_proj, &rope),
+            |h| h,
+        )?;
 
         // 4. Output norm, modulated by the timestep embedding, and projection to patches.
         let mods = self
