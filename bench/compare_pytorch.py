@@ -3,6 +3,9 @@
     python bench/compare_pytorch.py --vidgen target/release/vidgen \
         --parts dit,vae-decode --layers 8 --dtype f32 --threads 2
 
+Parts: text (UMT5-XXL's encoder; --layers sets its depth too), dit, dit-cfg, vae-decode,
+vae-encode.
+
 Each part runs in a fresh process per implementation (so peak RSS is that part's own), with
 random weights at Wan2.1-1.3B dimensions, on the same shapes and thread count. Prints one JSON
 line per measurement and a table of vidgen/PyTorch ratios. Not run in CI.
@@ -22,6 +25,11 @@ WAN_1_3B = dict(
     out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30,
     cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
 )
+# google/umt5-xxl's encoder, Wan2.1's text encoder
+UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                feed_forward_proj="gated-gelu", dropout_rate=0.0, is_encoder_decoder=False,
+                use_cache=False)
 WAN_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                temperal_downsample=[False, True, True], dropout=0.0)
 
@@ -48,6 +56,18 @@ def torch_part(args) -> dict:
             vae = AutoencoderKLWan(**WAN_VAE).to(dtype).eval()
             z = torch.randn(1, 16, t, h, w, dtype=dtype)
             run = lambda: vae.decode(z, return_dict=False)
+        elif args.part == "vae-encode":
+            vae = AutoencoderKLWan(**WAN_VAE).to(dtype).eval()
+            video = torch.rand(1, 3, args.frames, args.height, args.width, dtype=dtype) * 2 - 1
+            run = lambda: vae.encode(video, return_dict=False)
+        elif args.part == "text":
+            from transformers import UMT5Config, UMT5EncoderModel
+
+            cfg = UMT5Config(**dict(UMT5_XXL, num_layers=args.layers or UMT5_XXL["num_layers"]))
+            encoder = UMT5EncoderModel(cfg).to(dtype).eval()
+            # the same ids as `vidgen bench`: (i * 7919 + 13) mod vocab, all attended
+            ids = (torch.arange(args.text_len) * 7919 + 13) % cfg.vocab_size
+            run = lambda: encoder(input_ids=ids.unsqueeze(0))
         else:
             raise SystemExit(f"unknown part {args.part}")
         run()

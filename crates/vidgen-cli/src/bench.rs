@@ -12,6 +12,7 @@ use vidgen::families::wan::presets;
 use vidgen::families::wan::transformer::WanTransformer3D;
 use vidgen::families::wan::vae::AutoencoderKlWan;
 use vidgen::noise::NoiseRng;
+use vidgen::text::{T5Config, T5EncoderModel};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -25,16 +26,21 @@ pub struct BenchArgs {
     /// Override the transformer depth, for quicker runs.
     #[arg(long)]
     pub layers: Option<usize>,
-    /// Comma-separated parts: dit, dit-cfg (prompt and negative prompt as one batch of 2),
-    /// vae-decode, vae-encode.
+    /// Comma-separated parts: text (the text encoder over --text-len tokens), dit, dit-cfg
+    /// (prompt and negative prompt as one batch of 2), vae-decode, vae-encode, pipeline (a
+    /// whole `generate` with --model, components loaded as the command loads them; with
+    /// --step-cache, also the fast mode against it).
     #[arg(long, default_value = "dit,vae-decode")]
     pub parts: String,
-    #[arg(long, default_value_t = 17)]
-    pub frames: usize,
-    #[arg(long, default_value_t = 256)]
-    pub height: usize,
-    #[arg(long, default_value_t = 256)]
-    pub width: usize,
+    /// Frames (default 17; the model's own for the pipeline part).
+    #[arg(long)]
+    pub frames: Option<usize>,
+    /// Height (default 256; the model's own for the pipeline part).
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// Width (default 256; the model's own for the pipeline part).
+    #[arg(long)]
+    pub width: Option<usize>,
     /// Text tokens. Default: the pipeline's (Wan 512, LTX-Video 128, CogVideoX 226, which the
     /// 2B's position table requires).
     #[arg(long)]
@@ -48,6 +54,31 @@ pub struct BenchArgs {
     /// Worker threads (default: all cores, or RAYON_NUM_THREADS).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Pipeline part: the prompt.
+    #[arg(long, default_value = "a red ball bounces on the floor")]
+    pub prompt: String,
+    /// Pipeline part: denoising steps (default: the model's).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Pipeline part: the seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Pipeline part: also time the fast mode (`generate --step-cache THRESHOLD`) and report
+    /// its speed-up and its frames' PSNR/SSIM against the default output.
+    #[arg(long, value_name = "THRESHOLD")]
+    pub step_cache: Option<f64>,
+}
+
+impl BenchArgs {
+    fn frames(&self) -> usize {
+        self.frames.unwrap_or(17)
+    }
+    fn height(&self) -> usize {
+        self.height.unwrap_or(256)
+    }
+    fn width(&self) -> usize {
+        self.width.unwrap_or(256)
+    }
 }
 
 fn peak_rss_bytes() -> Option<u64> {
@@ -106,6 +137,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 dtype,
                 config(&dir, "transformer")?,
                 config(&dir, "vae")?,
+                text_config(&dir)?,
                 source,
             ),
             "LTXPipeline" => run_ltx(
@@ -113,6 +145,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 dtype,
                 config(&dir, "transformer")?,
                 config(&dir, "vae")?,
+                text_config(&dir)?,
                 source,
             ),
             "CogVideoXPipeline" => run_cogvideox(
@@ -120,6 +153,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 dtype,
                 config(&dir, "transformer")?,
                 config(&dir, "vae")?,
+                text_config(&dir)?,
                 source,
             ),
             other => bail!(
@@ -135,6 +169,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             dtype,
             Default::default(),
             Default::default(),
+            t5_xxl()?,
             Source::Random,
         ),
         "cogvideox-2b" => run_cogvideox(
@@ -142,11 +177,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
             dtype,
             Default::default(),
             Default::default(),
+            t5_xxl()?,
             Source::Random,
         ),
         name => {
             let preset = presets::preset(name)?;
-            run_wan(&args, dtype, preset.transformer, preset.vae, Source::Random)
+            let mut text = preset.text_encoder;
+            if text.vocab_size == 0 {
+                // written with the model's own tokenizer, whose size `vidgen init` sets
+                text.vocab_size = vidgen::text::default_vocab().len();
+            }
+            let (transformer, vae) = (preset.transformer, preset.vae);
+            run_wan(&args, dtype, transformer, vae, text, Source::Random)
         }
     }
 }
@@ -165,6 +207,23 @@ fn config<T: serde::de::DeserializeOwned>(dir: &std::path::Path, component: &str
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// A model folder's `text_encoder/config.json`.
+fn text_config(dir: &std::path::Path) -> Result<T5Config> {
+    Ok(T5Config::from_file(
+        dir.join("text_encoder").join("config.json"),
+    )?)
+}
+
+/// The text encoder of LTX-Video and CogVideoX: T5 v1.1 XXL's encoder (google/t5-v1_1-xxl).
+fn t5_xxl() -> Result<T5Config> {
+    T5Config::from_json(&serde_json::json!({
+        "model_type": "t5", "vocab_size": 32128, "d_model": 4096, "d_kv": 64, "d_ff": 10240,
+        "num_layers": 24, "num_heads": 64, "relative_attention_num_buckets": 32,
+        "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
+    }))
+    .map_err(anyhow::Error::msg)
 }
 
 /// `build` with weights from `source`: random (seeded by `seed`) or the folder's `component`.
@@ -187,10 +246,10 @@ fn model<M>(
 
 /// Rejects a size the family cannot take: frames `1 + k·tf`, sides multiples of `m`.
 fn check_size(args: &BenchArgs, tf: usize, m: usize) -> Result<()> {
-    if args.frames == 0
-        || !(args.frames - 1).is_multiple_of(tf)
-        || !args.height.is_multiple_of(m)
-        || !args.width.is_multiple_of(m)
+    if args.frames() == 0
+        || !(args.frames() - 1).is_multiple_of(tf)
+        || !args.height().is_multiple_of(m)
+        || !args.width().is_multiple_of(m)
     {
         bail!("this model: --frames must be {tf}k+1 and --height/--width multiples of {m}");
     }
@@ -218,6 +277,10 @@ type Job<'a> = Box<dyn FnMut() -> Result<()> + 'a>;
 struct Family<'a> {
     layers: usize,
     text_len: usize,
+    /// The text encoder's config (its depth is overridden by --layers too) and where its
+    /// weights come from.
+    text_encoder: T5Config,
+    source: &'a Source,
     /// Builds the transformer (random weights) and inputs for `batch`: one forward, and its
     /// FLOPs.
     dit: Box<dyn Fn(usize) -> Result<(Job<'a>, f64)> + 'a>,
@@ -240,7 +303,7 @@ fn job<'a, M: 'a, O>(
 
 /// A random video `(1, 3, frames, height, width)` in [-1, 1] at the bench's size.
 fn random_video(args: &BenchArgs, dtype: DType) -> Result<Tensor> {
-    let shape = (1, 3, args.frames, args.height, args.width);
+    let shape = (1, 3, args.frames(), args.height(), args.width());
     Ok(Tensor::rand(-1f32, 1f32, shape, &Device::Cpu)?.to_dtype(dtype)?)
 }
 
@@ -267,8 +330,141 @@ fn run_parts(args: &BenchArgs, dtype: DType, family: Family) -> Result<()> {
                 let secs = time(args.repeats, &mut job)?;
                 report(part, secs, f64::NAN, peak, args, 0, family.text_len);
             }
-            other => bail!("unknown part `{other}`; use dit, dit-cfg, vae-decode or vae-encode"),
+            "text" => {
+                let mut cfg = family.text_encoder.clone();
+                if let Some(layers) = args.layers {
+                    cfg.num_layers = layers;
+                }
+                let (mut job, flops) = text_job(&cfg, family.source, dtype, family.text_len)?;
+                let secs = time(args.repeats, &mut job)?;
+                report(
+                    part,
+                    secs,
+                    flops,
+                    peak,
+                    args,
+                    cfg.num_layers,
+                    family.text_len,
+                );
+            }
+            "pipeline" => pipeline_part(args, dtype)?,
+            other => bail!(
+                "unknown part `{other}`; use text, dit, dit-cfg, vae-decode, vae-encode or pipeline"
+            ),
         }
+    }
+    Ok(())
+}
+
+/// The text encoder over `text_len` tokens (all attended, as a full-length prompt), and its
+/// FLOPs.
+fn text_job<'a>(
+    cfg: &T5Config,
+    source: &Source,
+    dtype: DType,
+    text_len: usize,
+) -> Result<(Job<'a>, f64)> {
+    let encoder = model(source, "text_encoder", 4, dtype, |vb| {
+        T5EncoderModel::new(cfg, vb)
+    })?;
+    let ids: Vec<u32> = (0..text_len)
+        .map(|i| ((i * 7919 + 13) % cfg.vocab_size) as u32)
+        .collect();
+    let ids = Tensor::from_vec(ids, (1, text_len), &Device::Cpu)?;
+    let (_, gated) = cfg.feed_forward().map_err(anyhow::Error::msg)?;
+    let (d, inner, f, l) = (
+        cfg.d_model as f64,
+        (cfg.num_heads * cfg.d_kv) as f64,
+        cfg.d_ff as f64,
+        text_len as f64,
+    );
+    let per_layer = 2.0 * l * d * 4.0 * inner // q, k, v, o
+        + 2.0 * 2.0 * l * l * inner // scores and weighted sum
+        + 2.0 * l * d * f * if gated { 3.0 } else { 2.0 };
+    let job: Job = Box::new(move || {
+        encoder.forward(&ids, None)?;
+        Ok(())
+    });
+    Ok((job, per_layer * cfg.num_layers as f64))
+}
+
+/// The pipeline part: `generate` as the command runs it (each component loaded for its stage
+/// and dropped after), its median time and stage times; with --step-cache, the fast mode too,
+/// its speed-up and how far its frames are from the default's.
+fn pipeline_part(args: &BenchArgs, dtype: DType) -> Result<()> {
+    use vidgen::eval::similarity::{psnr, ssim};
+    use vidgen::pipeline::{GenerateRequest, Generated, LoadOptions};
+    let Some(dir) = &args.model else {
+        bail!(
+            "the pipeline part runs a real model folder: pass --model DIR (the built-in model \
+             is models/tiny-world); presets have random weights at sizes only the other parts \
+             time"
+        );
+    };
+    let request = GenerateRequest {
+        prompt: args.prompt.clone(),
+        num_frames: args.frames,
+        height: args.height,
+        width: args.width,
+        num_inference_steps: args.steps,
+        seed: args.seed,
+        ..GenerateRequest::default()
+    };
+    let generate = |step_cache: Option<f64>| -> Result<Generated> {
+        let opts = LoadOptions {
+            dtype,
+            ..LoadOptions::default()
+        };
+        let mut pipeline = vidgen::pipeline::load(dir, opts)?;
+        let request = GenerateRequest {
+            step_cache,
+            ..request.clone()
+        };
+        Ok(pipeline.generate(&request, &mut |_| {})?)
+    };
+    let timed = |step_cache: Option<f64>| -> Result<(f64, Generated)> {
+        let mut last = None;
+        let secs = time(args.repeats, &mut || {
+            last = Some(generate(step_cache)?);
+            Ok(())
+        })?;
+        Ok((secs, last.expect("ran at least once")))
+    };
+    let pixels = |g: &Generated| -> Result<Vec<f32>> { Ok(g.frames.flatten_all()?.to_vec1()?) };
+
+    let (secs, default) = timed(None)?;
+    let s = &default.settings;
+    let record = |part: &str, secs: f64, g: &Generated| {
+        serde_json::json!({
+            "part": part,
+            "seconds": secs,
+            "peak_rss_bytes": peak_rss_bytes(),
+            "stage_seconds": g.timings,
+            "model": dir, "dtype": args.dtype,
+            "frames": s.num_frames, "height": s.height, "width": s.width,
+            "steps": s.num_inference_steps, "guidance": s.guidance_scale, "seed": s.seed,
+            "threads": candle_core::utils::get_num_threads(),
+        })
+    };
+    println!("{}", record("pipeline", secs, &default));
+    if let Some(threshold) = args.step_cache {
+        let (fast_secs, fast) = timed(Some(threshold))?;
+        let (a, b) = (pixels(&default)?, pixels(&fast)?);
+        let (f, h, w, _) = default.frames.dims4()?;
+        let mut value = record("pipeline-fast", fast_secs, &fast);
+        let psnr_db = psnr(&a, &b);
+        value["step_cache"] = threshold.into();
+        value["skipped_steps"] = fast.skipped_steps.into();
+        value["speedup"] = (secs / fast_secs).into();
+        value["denoise_speedup"] = (default.timings.denoise / fast.timings.denoise).into();
+        // JSON has no infinity: identical frames report null
+        value["psnr_db"] = if psnr_db.is_finite() {
+            psnr_db.into()
+        } else {
+            serde_json::Value::Null
+        };
+        value["ssim"] = ssim(&a, &b, f, h, w).into();
+        println!("{value}");
     }
     Ok(())
 }
@@ -278,6 +474,7 @@ fn run_wan(
     dtype: DType,
     mut cfg: vidgen::families::wan::config::WanTransformerConfig,
     vae_cfg: vidgen::families::wan::vae::AutoencoderKlWanConfig,
+    text_encoder: T5Config,
     source: Source,
 ) -> Result<()> {
     if let Some(layers) = args.layers {
@@ -291,9 +488,9 @@ fn run_wan(
     check_size(args, tf, sf * ph.max(pw))?;
     let text_len = args.text_len.unwrap_or(512);
     let (t, h, w) = (
-        (args.frames - 1) / tf + 1,
-        args.height / sf,
-        args.width / sf,
+        (args.frames() - 1) / tf + 1,
+        args.height() / sf,
+        args.width() / sf,
     );
     run_parts(
         args,
@@ -301,6 +498,8 @@ fn run_wan(
         Family {
             layers: cfg.num_layers,
             text_len,
+            text_encoder,
+            source: &source,
             dit: Box::new(|batch| {
                 let device = Device::Cpu;
                 let model = model(&source, "transformer", 0, dtype, |vb| {
@@ -339,6 +538,7 @@ fn run_ltx(
     dtype: DType,
     mut cfg: vidgen::families::ltx::config::LtxVideoTransformer3DConfig,
     vae_cfg: vidgen::families::ltx::vae::AutoencoderKlLtxVideoConfig,
+    text_encoder: T5Config,
     source: Source,
 ) -> Result<()> {
     use vidgen::families::ltx::transformer::{LtxTransformerInputs, LtxVideoTransformer3D};
@@ -353,9 +553,9 @@ fn run_ltx(
     check_size(args, tf, sf)?;
     let text_len = args.text_len.unwrap_or(128);
     let grid = (
-        (args.frames - 1) / tf + 1,
-        args.height / sf,
-        args.width / sf,
+        (args.frames() - 1) / tf + 1,
+        args.height() / sf,
+        args.width() / sf,
     );
     let n = grid.0 * grid.1 * grid.2;
     run_parts(
@@ -364,6 +564,8 @@ fn run_ltx(
         Family {
             layers: cfg.num_layers,
             text_len,
+            text_encoder,
+            source: &source,
             dit: Box::new(|batch| {
                 let device = Device::Cpu;
                 let model = model(&source, "transformer", 0, dtype, |vb| {
@@ -419,6 +621,7 @@ fn run_cogvideox(
     dtype: DType,
     mut cfg: vidgen::families::cogvideox::config::CogVideoXTransformerConfig,
     vae_cfg: vidgen::families::cogvideox::vae::AutoencoderKlCogVideoXConfig,
+    text_encoder: T5Config,
     source: Source,
 ) -> Result<()> {
     use vidgen::families::cogvideox::transformer::CogVideoXTransformer3D;
@@ -435,13 +638,19 @@ fn run_cogvideox(
             cfg.max_text_seq_length
         );
     }
-    let (t, h, w) = ((args.frames - 1) / 4 + 1, args.height / sf, args.width / sf);
+    let (t, h, w) = (
+        (args.frames() - 1) / 4 + 1,
+        args.height() / sf,
+        args.width() / sf,
+    );
     run_parts(
         args,
         dtype,
         Family {
             layers: cfg.num_layers,
             text_len,
+            text_encoder,
+            source: &source,
             dit: Box::new(|batch| {
                 let device = Device::Cpu;
                 let model = model(&source, "transformer", 0, dtype, |vb| {
@@ -514,7 +723,7 @@ fn report(
         "matmul_peak_gflops": peak_gflops,
         "preset": if args.model.is_some() { None } else { Some(&args.preset) },
         "model": args.model, "layers": layers, "dtype": args.dtype,
-        "frames": args.frames, "height": args.height, "width": args.width, "text_len": text_len,
+        "frames": args.frames(), "height": args.height(), "width": args.width(), "text_len": text_len,
         "threads": candle_core::utils::get_num_threads(),
     });
     println!("{value}");

@@ -53,6 +53,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    vidgen::memory::keep_freed_memory();
     let result: Result<()> = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Info(args) => info::run_info(args),

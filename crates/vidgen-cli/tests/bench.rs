@@ -67,3 +67,52 @@ fn every_family_preset_reports_its_parts() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("8k+1"));
 }
+
+#[test]
+fn text_and_pipeline_parts_on_the_built_in_model_with_the_fast_mode() {
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/tiny-world");
+    let out = bench(&[
+        "--model",
+        model,
+        "--parts",
+        "text,pipeline",
+        "--steps",
+        "10",
+        "--step-cache",
+        "0.3",
+        "--threads",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let parts: Vec<&str> = lines.iter().map(|l| l["part"].as_str().unwrap()).collect();
+    assert_eq!(parts, ["text", "pipeline", "pipeline-fast"]);
+    assert!(lines[0]["gflops"].as_f64().unwrap() > 0.0);
+    let (default, fast) = (&lines[1], &lines[2]);
+    for line in [default, fast] {
+        assert!(line["seconds"].as_f64().unwrap() > 0.0);
+        assert!(line["stage_seconds"]["denoise"].as_f64().unwrap() > 0.0);
+        assert_eq!(line["steps"], 10);
+        assert_eq!(line["frames"], 17); // the model's own size
+    }
+    // at this threshold the built-in model reuses some steps, and its frames move away from
+    // the default's, measurably but not wholly
+    assert!(fast["skipped_steps"].as_u64().unwrap() > 0);
+    let ssim = fast["ssim"].as_f64().unwrap();
+    assert!(ssim > 0.3 && ssim < 1.0, "ssim {ssim}");
+    assert!(fast["psnr_db"].as_f64().unwrap() > 10.0);
+    assert!(fast["speedup"].as_f64().unwrap() > 0.0);
+
+    // the pipeline needs real weights
+    let out = bench(&["--preset", "tiny", "--parts", "pipeline"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--model"));
+}

@@ -24,6 +24,7 @@
 pub mod error;
 
 pub mod checkpoint;
+pub mod memory;
 pub mod nn;
 
 pub mod text;

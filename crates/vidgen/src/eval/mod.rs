@@ -17,6 +17,7 @@
 //! colour class and changes area by less than half.
 
 pub mod detect;
+pub mod similarity;
 
 use serde::Serialize;
 

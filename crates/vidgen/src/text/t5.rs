@@ -22,8 +22,10 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{linear_no_bias, Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 use serde::{Deserialize, Serialize};
+
+use crate::nn::linear::{linear, Linear};
 
 /// `int | list[int]`, as transformers allows for `eos_token_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,7 +141,7 @@ impl FfActivation {
         match self {
             Self::Relu => xs.relu(),
             Self::Gelu => xs.gelu_erf(),
-            Self::GeluTanh => xs.gelu(),
+            Self::GeluTanh => crate::nn::fused::gelu(xs),
             Self::Silu => xs.silu(),
         }
     }
@@ -321,10 +323,10 @@ impl T5Attention {
             None
         };
         Ok(Self {
-            q: linear_no_bias(cfg.d_model, inner, vb.pp("q"))?,
-            k: linear_no_bias(cfg.d_model, inner, vb.pp("k"))?,
-            v: linear_no_bias(cfg.d_model, inner, vb.pp("v"))?,
-            o: linear_no_bias(inner, cfg.d_model, vb.pp("o"))?,
+            q: linear(cfg.d_model, inner, false, vb.pp("q"))?,
+            k: linear(cfg.d_model, inner, false, vb.pp("k"))?,
+            v: linear(cfg.d_model, inner, false, vb.pp("v"))?,
+            o: linear(inner, cfg.d_model, false, vb.pp("o"))?,
             relative_attention_bias,
             num_heads: cfg.num_heads,
             d_kv: cfg.d_kv,
@@ -399,16 +401,16 @@ impl T5FeedForward {
     fn new(cfg: &T5Config, vb: VarBuilder) -> Result<Self> {
         let (activation, gated) = cfg.feed_forward()?;
         let (wi, wi_gate) = if gated {
-            let wi_0 = linear_no_bias(cfg.d_model, cfg.d_ff, vb.pp("wi_0"))?;
-            let wi_1 = linear_no_bias(cfg.d_model, cfg.d_ff, vb.pp("wi_1"))?;
+            let wi_0 = linear(cfg.d_model, cfg.d_ff, false, vb.pp("wi_0"))?;
+            let wi_1 = linear(cfg.d_model, cfg.d_ff, false, vb.pp("wi_1"))?;
             (wi_0, Some(wi_1))
         } else {
-            (linear_no_bias(cfg.d_model, cfg.d_ff, vb.pp("wi"))?, None)
+            (linear(cfg.d_model, cfg.d_ff, false, vb.pp("wi"))?, None)
         };
         Ok(Self {
             wi,
             wi_gate,
-            wo: linear_no_bias(cfg.d_ff, cfg.d_model, vb.pp("wo"))?,
+            wo: linear(cfg.d_ff, cfg.d_model, false, vb.pp("wo"))?,
             activation,
         })
     }
