@@ -81,11 +81,16 @@ impl BenchArgs {
     }
 }
 
+/// Starts a part's memory measurement: the free memory of building its model (random weights
+/// are made through temporary copies) is returned to the system and the peak restarts from
+/// what is resident now, the weights included.
+fn fresh_peak() {
+    vidgen::memory::release_free_memory();
+    vidgen::memory::reset_peak_rss();
+}
+
 fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    vidgen::memory::peak_rss_bytes()
 }
 
 /// Median seconds of `repeats` runs after one warm-up.
@@ -314,6 +319,7 @@ fn run_parts(args: &BenchArgs, dtype: DType, family: Family) -> Result<()> {
         match part {
             "dit" | "dit-cfg" => {
                 let (mut forward, flops) = (family.dit)(if part == "dit" { 1 } else { 2 })?;
+                fresh_peak();
                 let secs = time(args.repeats, &mut forward)?;
                 report(
                     part,
@@ -327,6 +333,7 @@ fn run_parts(args: &BenchArgs, dtype: DType, family: Family) -> Result<()> {
             }
             "vae-decode" | "vae-encode" => {
                 let mut job = (family.vae)(part == "vae-encode")?;
+                fresh_peak();
                 let secs = time(args.repeats, &mut job)?;
                 report(part, secs, f64::NAN, peak, args, 0, family.text_len);
             }
@@ -336,6 +343,7 @@ fn run_parts(args: &BenchArgs, dtype: DType, family: Family) -> Result<()> {
                     cfg.num_layers = layers;
                 }
                 let (mut job, flops) = text_job(&cfg, family.source, dtype, family.text_len)?;
+                fresh_peak();
                 let secs = time(args.repeats, &mut job)?;
                 report(
                     part,
@@ -423,6 +431,7 @@ fn pipeline_part(args: &BenchArgs, dtype: DType) -> Result<()> {
         Ok(pipeline.generate(&request, &mut |_| {})?)
     };
     let timed = |step_cache: Option<f64>| -> Result<(f64, Generated)> {
+        fresh_peak();
         let mut last = None;
         let secs = time(args.repeats, &mut || {
             last = Some(generate(step_cache)?);
@@ -519,8 +528,13 @@ fn run_wan(
                 Ok((forward, flops))
             }),
             vae: Box::new(|encode| {
+                // decoding builds the decoder only, as text-to-video does
                 let vae = model(&source, "vae", 1, dtype, |vb| {
-                    AutoencoderKlWan::new(&vae_cfg, vb)
+                    if encode {
+                        AutoencoderKlWan::new(&vae_cfg, vb)
+                    } else {
+                        AutoencoderKlWan::decoder_only(&vae_cfg, vb)
+                    }
                 })?;
                 if encode {
                     return job(vae, random_video(args, dtype)?, |vae, x| vae.encode(x));

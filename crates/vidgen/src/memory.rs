@@ -39,3 +39,30 @@ fn tune() -> bool {
 fn tune() -> bool {
     false
 }
+
+/// Returns the free memory malloc holds to the system (`malloc_trim`), e.g. after building a
+/// model from temporary copies. Does nothing with another C library.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: malloc_trim only returns free heap pages to the kernel
+        unsafe { malloc_trim(0) };
+    }
+}
+
+/// Peak resident memory of this process so far, in bytes (Linux's `VmHWM`).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Restarts [`peak_rss_bytes`] from the current resident memory (Linux's `clear_refs` 5), so a
+/// benchmark can report one part's peak. Returns whether the kernel accepted it.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}

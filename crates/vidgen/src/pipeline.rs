@@ -457,13 +457,27 @@ pub(crate) fn build_component<T>(
     device: &Device,
     make: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
 ) -> Result<T> {
+    build_component_part(dir, component, dtype, device, &[], make)
+}
+
+/// [`build_component`] for a model that reads only part of the checkpoint: tensors whose names
+/// start with one of `skipped` are left unread without a warning.
+pub(crate) fn build_component_part<T>(
+    dir: &Path,
+    component: &str,
+    dtype: DType,
+    device: &Device,
+    skipped: &[&str],
+    make: impl FnOnce(VarBuilder<'static>) -> candle_core::Result<T>,
+) -> Result<T> {
     let dir = dir.join(component);
     let weights = Weights::open(&dir, dtype, device)?;
     let model = make(weights.var_builder()).map_err(|e| Error::BadWeights {
         path: dir.clone(),
         reason: e.to_string(),
     })?;
-    let unused = weights.unused();
+    let mut unused = weights.unused();
+    unused.retain(|name| !skipped.iter().any(|prefix| name.starts_with(prefix)));
     if !unused.is_empty() {
         tracing::warn!(
             "{}: {} checkpoint tensors not used by the model: {}",

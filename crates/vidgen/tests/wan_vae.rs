@@ -184,3 +184,30 @@ fn batch_elements_are_decoded_independently() {
     let half = vae.decode(&(z * 0.5).unwrap()).unwrap();
     assert!(max_abs_diff(&out.narrow(0, 1, 1).unwrap(), &half) <= 1e-5);
 }
+
+#[test]
+fn a_decoder_only_vae_decodes_the_same_and_refuses_to_encode() {
+    let dir = fixtures().join("wan/pipeline/vae");
+    let full = load_vae(dir.clone(), DType::F32);
+    let cfg = AutoencoderKlWanConfig::from_file(dir.join("config.json")).unwrap();
+    let weights = vidgen::checkpoint::Weights::open(&dir, DType::F32, &Device::Cpu).unwrap();
+    let decoder = AutoencoderKlWan::decoder_only(&cfg, weights.var_builder()).unwrap();
+    assert!(full.has_encoder() && !decoder.has_encoder());
+    // it read no encoder tensor
+    assert!(weights
+        .unused()
+        .iter()
+        .all(|n| AutoencoderKlWan::ENCODER_PREFIXES
+            .iter()
+            .any(|p| n.starts_with(p))));
+    assert!(!weights.unused().is_empty());
+    let r = reference(fixtures().join("wan/reference.safetensors"));
+    let z = &r["vae.decode.input"];
+    let d = max_abs_diff(&decoder.decode(z).unwrap(), &full.decode(z).unwrap());
+    assert_eq!(d, 0.0);
+    let err = decoder
+        .encode(&r["vae.encode.input"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("decoding only"), "{err}");
+}

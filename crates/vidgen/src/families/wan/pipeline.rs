@@ -15,10 +15,10 @@ use super::vae::{AutoencoderKlWan, AutoencoderKlWanConfig};
 use crate::checkpoint::{read_json, resolve_model_dir};
 use crate::nn::step_cache::FirstBlockCache;
 use crate::pipeline::{
-    build_component, check_finite, check_step_cache, check_strength, read_config,
-    strength_timesteps, text_encoder_dtype, video_frame_count, video_to_frames, video_to_vae_input,
-    GenerateRequest, Generated, LoadOptions, ModelDefaults, Progress, Settings, Stage, Timings,
-    VideoPipeline,
+    build_component, build_component_part, check_finite, check_step_cache, check_strength,
+    read_config, strength_timesteps, text_encoder_dtype, video_frame_count, video_to_frames,
+    video_to_vae_input, GenerateRequest, Generated, LoadOptions, ModelDefaults, Progress, Settings,
+    Stage, Timings, VideoPipeline,
 };
 use crate::scheduler;
 use crate::text::{encode_prompts, PromptTokenizer, Umt5Config, Umt5EncoderModel};
@@ -393,7 +393,7 @@ impl WanPipeline {
             settings.width,
             &self.opts.device,
         )?;
-        let vae = self.take_vae()?;
+        let vae = self.take_vae(true)?;
         let encoded = vae
             .encode(&input.to_dtype(self.opts.dtype)?)
             .and_then(|posterior| vae.normalize_latents(&posterior.mean));
@@ -409,7 +409,7 @@ impl WanPipeline {
         latents: &Tensor,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Tensor> {
-        let vae = self.take_vae()?;
+        let vae = self.take_vae(false)?;
         let z = vae.denormalize_latents(&latents.to_dtype(self.opts.dtype)?)?;
         let total = latents.dim(2)?;
         let video = vae.decode_with_progress(&z, &mut |done, _| {
@@ -437,15 +437,26 @@ impl WanPipeline {
         })
     }
 
-    /// The VAE, built now unless it is loaded (the caller puts it back).
-    fn take_vae(&mut self) -> Result<AutoencoderKlWan> {
+    /// The VAE, built now unless it is loaded (the caller puts it back); without the encoder
+    /// unless `encode`.
+    fn take_vae(&mut self, encode: bool) -> Result<AutoencoderKlWan> {
         if let Some(vae) = self.vae.take() {
-            return Ok(vae);
+            if vae.has_encoder() || !encode {
+                return Ok(vae);
+            }
         }
         let cfg = self.vae_cfg.clone();
-        build_component(&self.dir, "vae", self.opts.dtype, &self.opts.device, |vb| {
-            AutoencoderKlWan::new(&cfg, vb)
-        })
+        let (dtype, device) = (self.opts.dtype, &self.opts.device);
+        if encode {
+            build_component(&self.dir, "vae", dtype, device, |vb| {
+                AutoencoderKlWan::new(&cfg, vb)
+            })
+        } else {
+            let skipped = AutoencoderKlWan::ENCODER_PREFIXES;
+            build_component_part(&self.dir, "vae", dtype, device, skipped, |vb| {
+                AutoencoderKlWan::decoder_only(&cfg, vb)
+            })
+        }
     }
 
     /// Builds every component now and keeps them loaded.
@@ -453,7 +464,7 @@ impl WanPipeline {
         self.opts.keep_loaded = true;
         let text_encoder = self.take_text_encoder()?;
         self.text_encoder = Some(text_encoder);
-        let vae = self.take_vae()?;
+        let vae = self.take_vae(true)?;
         self.vae = Some(vae);
         self.transformer()?;
         Ok(())

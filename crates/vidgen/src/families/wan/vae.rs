@@ -241,8 +241,8 @@ impl DiagonalGaussian {
 #[derive(Clone, Debug)]
 pub struct AutoencoderKlWan {
     config: AutoencoderKlWanConfig,
-    encoder: Encoder3d,
-    quant_conv: CausalConv3d,
+    /// The encoder and its `quant_conv`; `None` when built for decoding only.
+    encoder: Option<(Encoder3d, CausalConv3d)>,
     post_quant_conv: CausalConv3d,
     decoder: Decoder3d,
     tiling: Option<TilingConfig>,
@@ -251,6 +251,24 @@ pub struct AutoencoderKlWan {
 impl AutoencoderKlWan {
     /// Builds the model from `vb` (its dtype is the compute dtype; norms run in f32).
     pub fn new(cfg: &AutoencoderKlWanConfig, vb: VarBuilder) -> Result<Self> {
+        Self::build(cfg, vb, true)
+    }
+
+    /// The decoder half only (text-to-video never encodes): the encoder's weights, about 40 %
+    /// of Wan2.1's VAE, are not read. [`Self::encode`] then fails.
+    pub fn decoder_only(cfg: &AutoencoderKlWanConfig, vb: VarBuilder) -> Result<Self> {
+        Self::build(cfg, vb, false)
+    }
+
+    /// Checkpoint tensors [`Self::decoder_only`] leaves unread (name prefixes).
+    pub const ENCODER_PREFIXES: &'static [&'static str] = &["encoder.", "quant_conv."];
+
+    /// Whether it can encode (built with [`Self::new`]).
+    pub fn has_encoder(&self) -> bool {
+        self.encoder.is_some()
+    }
+
+    fn build(cfg: &AutoencoderKlWanConfig, vb: VarBuilder, with_encoder: bool) -> Result<Self> {
         cfg.check()
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let z = cfg.z_dim;
@@ -273,8 +291,14 @@ impl AutoencoderKlWan {
         let conv1 = |vb, c| CausalConv3d::load(vb, c, c, (1, 1, 1), (1, 1, 1), (0, 0, 0));
         Ok(Self {
             config: cfg.clone(),
-            encoder: Encoder3d::load(vb.pp("encoder"), &enc)?,
-            quant_conv: conv1(vb.pp("quant_conv"), 2 * z)?,
+            encoder: if with_encoder {
+                Some((
+                    Encoder3d::load(vb.pp("encoder"), &enc)?,
+                    conv1(vb.pp("quant_conv"), 2 * z)?,
+                ))
+            } else {
+                None
+            },
             post_quant_conv: conv1(vb.pp("post_quant_conv"), z)?,
             decoder: Decoder3d::load(vb.pp("decoder"), &dec)?,
             tiling: None,
@@ -323,6 +347,12 @@ impl AutoencoderKlWan {
     /// Encodes one tile `(B, C_in, F, H, W)` chunk by chunk into channels-last moments
     /// `(B, T, h, w, 2Z)` (after `quant_conv`).
     pub(crate) fn encode_tile(&self, video: &Tensor) -> Result<Tensor> {
+        let Some((encoder, quant_conv)) = &self.encoder else {
+            candle_core::bail!(
+                "this VAE was built for decoding only (AutoencoderKlWan::decoder_only); \
+                 build it with AutoencoderKlWan::new to encode"
+            )
+        };
         let frames = video.dim(2)?;
         let mut cache = FeatCache::default();
         let mut outs = Vec::new();
@@ -340,8 +370,8 @@ impl AutoencoderKlWan {
                 .permute((0, 2, 3, 4, 1))?
                 .contiguous()?;
             cache.start_chunk();
-            let out = self.encoder.forward(&chunk, &mut cache)?;
-            outs.push(self.quant_conv.forward_cl(&out, None)?);
+            let out = encoder.forward(&chunk, &mut cache)?;
+            outs.push(quant_conv.forward_cl(&out, None)?);
             t0 += n;
         }
         Tensor::cat(&outs, 1)

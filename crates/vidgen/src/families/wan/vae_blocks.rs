@@ -38,6 +38,16 @@ impl FeatCache {
         self.idx = 0;
     }
 
+    /// Where the next conv's slot is, for [`Self::rewind_to`].
+    pub(crate) fn position(&self) -> usize {
+        self.idx
+    }
+
+    /// Makes slot `position` the next again: to run the same convs once per frame of a chunk.
+    pub(crate) fn rewind_to(&mut self, position: usize) {
+        self.idx = position;
+    }
+
     /// The next conv's slot.
     pub(crate) fn next_slot(&mut self) -> &mut Slot {
         if self.idx == self.slots.len() {
@@ -341,6 +351,19 @@ pub(crate) struct UpBlock {
     upsampler: Option<Resample>,
 }
 
+impl UpBlock {
+    fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
+        let mut x = x.clone();
+        for resnet in &self.resnets {
+            x = resnet.forward(&x, cache)?;
+        }
+        match &self.upsampler {
+            Some(up) => up.forward(&x, cache),
+            None => Ok(x),
+        }
+    }
+}
+
 /// `WanDecoder3d` (Wan2.1 layout): conv_in, mid block, up blocks, RMS norm, SiLU, conv_out.
 #[derive(Clone, Debug)]
 pub(crate) struct Decoder3d {
@@ -400,18 +423,34 @@ impl Decoder3d {
 
     /// One latent frame `(B, 1, h, w, Z)` -> `(B, F', 8h, 8w, C_out)`: `F' = 1` for the first
     /// chunk, 4 after (with Wan2.1's two temporal up-samplers). Not clamped.
+    ///
+    /// After the last temporal up-sampler nothing mixes frames except the causal convs, whose
+    /// caches carry the frames before: those blocks run one frame at a time (the same
+    /// arithmetic, per output frame, as the whole chunk at once), so the largest activations,
+    /// at full resolution, are one frame's instead of four.
     pub(crate) fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
         let x = cache.conv(&self.conv_in, x)?;
         let mut x = self.mid_block.forward(&x, cache)?;
-        for block in &self.up_blocks {
-            for resnet in &block.resnets {
-                x = resnet.forward(&x, cache)?;
-            }
-            if let Some(up) = &block.upsampler {
-                x = up.forward(&x, cache)?;
-            }
+        let split = self
+            .up_blocks
+            .iter()
+            .rposition(|b| b.upsampler.as_ref().is_some_and(Resample::is_temporal))
+            .map_or(0, |i| i + 1);
+        for block in &self.up_blocks[..split] {
+            x = block.forward(&x, cache)?;
         }
-        let x = silu_inplace(self.norm_out.forward(&x)?)?;
-        cache.conv(&self.conv_out, &x)
+        let tail = cache.position();
+        let frames = (0..x.dim(1)?)
+            .map(|f| {
+                cache.rewind_to(tail);
+                let mut x = x.narrow(1, f, 1)?.contiguous()?;
+                for block in &self.up_blocks[split..] {
+                    x = block.forward(&x, cache)?;
+                }
+                let x = silu_inplace(self.norm_out.forward(&x)?)?;
+                cache.conv(&self.conv_out, &x)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&frames, 1)
     }
 }

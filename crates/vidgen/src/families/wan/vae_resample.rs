@@ -70,6 +70,11 @@ impl Resample {
         })
     }
 
+    /// Whether it changes the frame count (the `3d` modes).
+    pub(crate) fn is_temporal(&self) -> bool {
+        self.time_conv.is_some()
+    }
+
     /// `(B, T, H, W, C)` -> up: `(B, T', 2H, 2W, C/2)` with `T' = T` on the first chunk and `2T`
     /// after; down: `(B, T', H/2, W/2, C)` with `T' = T` on the first chunk and `T/2` after.
     pub(crate) fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
