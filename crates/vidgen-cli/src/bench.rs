@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// Worker threads (default: all cores, or RAYON_NUM_THREADS).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Transformer linear layers stored 8-bit (`q8_0`): for the dit parts; for the pipeline
+    /// part, in its fast-mode run.
+    #[arg(long, value_name = "q8_0")]
+    pub quantize: Option<String>,
     /// Pipeline part: the prompt.
     #[arg(long, default_value = "a red ball bounces on the floor")]
     pub prompt: String,
@@ -63,13 +67,18 @@ pub struct BenchArgs {
     /// Pipeline part: the seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Pipeline part: also time the fast mode (`generate --step-cache THRESHOLD`) and report
-    /// its speed-up and its frames' PSNR/SSIM against the default output.
+    /// Pipeline part: also time the fast mode (`generate --step-cache THRESHOLD`, with
+    /// --quantize too if given) and report its speed-up and its frames' PSNR/SSIM against the
+    /// default output.
     #[arg(long, value_name = "THRESHOLD")]
     pub step_cache: Option<f64>,
 }
 
 impl BenchArgs {
+    fn quantize(&self) -> Result<Option<candle_core::quantized::GgmlDType>> {
+        crate::generate::parse_quantize(self.quantize.as_deref())
+    }
+
     fn frames(&self) -> usize {
         self.frames.unwrap_or(17)
     }
@@ -127,6 +136,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         // Read by candle's kernels and rayon's pool, which start after this.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
+    args.quantize()?; // checked before any work
     let dtype = match args.dtype.as_str() {
         "f32" => DType::F32,
         "bf16" => DType::BF16,
@@ -418,30 +428,33 @@ fn pipeline_part(args: &BenchArgs, dtype: DType) -> Result<()> {
         seed: args.seed,
         ..GenerateRequest::default()
     };
-    let generate = |step_cache: Option<f64>| -> Result<Generated> {
+    // the fast mode: the step cache and / or 8-bit transformer weights
+    let quantize = args.quantize()?;
+    let generate = |fast: bool| -> Result<Generated> {
         let opts = LoadOptions {
             dtype,
+            quantize: if fast { quantize } else { None },
             ..LoadOptions::default()
         };
         let mut pipeline = vidgen::pipeline::load(dir, opts)?;
         let request = GenerateRequest {
-            step_cache,
+            step_cache: if fast { args.step_cache } else { None },
             ..request.clone()
         };
         Ok(pipeline.generate(&request, &mut |_| {})?)
     };
-    let timed = |step_cache: Option<f64>| -> Result<(f64, Generated)> {
+    let timed = |fast: bool| -> Result<(f64, Generated)> {
         fresh_peak();
         let mut last = None;
         let secs = time(args.repeats, &mut || {
-            last = Some(generate(step_cache)?);
+            last = Some(generate(fast)?);
             Ok(())
         })?;
         Ok((secs, last.expect("ran at least once")))
     };
     let pixels = |g: &Generated| -> Result<Vec<f32>> { Ok(g.frames.flatten_all()?.to_vec1()?) };
 
-    let (secs, default) = timed(None)?;
+    let (secs, default) = timed(false)?;
     let s = &default.settings;
     let record = |part: &str, secs: f64, g: &Generated| {
         serde_json::json!({
@@ -456,13 +469,14 @@ fn pipeline_part(args: &BenchArgs, dtype: DType) -> Result<()> {
         })
     };
     println!("{}", record("pipeline", secs, &default));
-    if let Some(threshold) = args.step_cache {
-        let (fast_secs, fast) = timed(Some(threshold))?;
+    if args.step_cache.is_some() || quantize.is_some() {
+        let (fast_secs, fast) = timed(true)?;
         let (a, b) = (pixels(&default)?, pixels(&fast)?);
         let (f, h, w, _) = default.frames.dims4()?;
         let mut value = record("pipeline-fast", fast_secs, &fast);
         let psnr_db = psnr(&a, &b);
-        value["step_cache"] = threshold.into();
+        value["step_cache"] = args.step_cache.into();
+        value["quantize"] = args.quantize.clone().into();
         value["skipped_steps"] = fast.skipped_steps.into();
         value["speedup"] = (secs / fast_secs).into();
         value["denoise_speedup"] = (default.timings.denoise / fast.timings.denoise).into();
@@ -489,6 +503,7 @@ fn run_wan(
     if let Some(layers) = args.layers {
         cfg.num_layers = layers;
     }
+    let quantize = args.quantize()?;
     let (tf, sf) = (
         vae_cfg.temporal_compression(),
         vae_cfg.spatial_compression(),
@@ -512,7 +527,7 @@ fn run_wan(
             dit: Box::new(|batch| {
                 let device = Device::Cpu;
                 let model = model(&source, "transformer", 0, dtype, |vb| {
-                    WanTransformer3D::new(&cfg, vb)
+                    vidgen::nn::linear::quantized(quantize, || WanTransformer3D::new(&cfg, vb))
                 })?;
                 let x = vidgen::noise::randn(1, (batch, cfg.in_channels, t, h, w), &device)?;
                 let text = vidgen::noise::randn(2, (batch, text_len, cfg.text_dim), &device)?;
@@ -560,6 +575,7 @@ fn run_ltx(
     if let Some(layers) = args.layers {
         cfg.num_layers = layers;
     }
+    let quantize = args.quantize()?;
     let (tf, sf) = (
         vae_cfg.temporal_compression(),
         vae_cfg.spatial_compression(),
@@ -583,7 +599,7 @@ fn run_ltx(
             dit: Box::new(|batch| {
                 let device = Device::Cpu;
                 let model = model(&source, "transformer", 0, dtype, |vb| {
-                    LtxVideoTransformer3D::new(&cfg, vb)
+                    vidgen::nn::linear::quantized(quantize, || LtxVideoTransformer3D::new(&cfg, vb))
                 })?;
                 let x = vidgen::noise::randn(1, (batch, n, cfg.in_channels), &device)?
                     .to_dtype(dtype)?;
@@ -643,6 +659,7 @@ fn run_cogvideox(
     if let Some(layers) = args.layers {
         cfg.num_layers = layers;
     }
+    let quantize = args.quantize()?;
     let sf = vae_cfg.spatial_compression();
     check_size(args, 4, sf * cfg.patch_size)?;
     let text_len = args.text_len.unwrap_or(cfg.max_text_seq_length);
@@ -668,7 +685,9 @@ fn run_cogvideox(
             dit: Box::new(|batch| {
                 let device = Device::Cpu;
                 let model = model(&source, "transformer", 0, dtype, |vb| {
-                    CogVideoXTransformer3D::new(&cfg, vb)
+                    vidgen::nn::linear::quantized(quantize, || {
+                        CogVideoXTransformer3D::new(&cfg, vb)
+                    })
                 })?;
                 let x = vidgen::noise::randn(1, (batch, t, cfg.in_channels, h, w), &device)?
                     .to_dtype(dtype)?;

@@ -19,7 +19,7 @@ use vidgen::families::wan::vae::{AutoencoderKlWan, AutoencoderKlWanConfig};
 use vidgen::noise::NoiseRng;
 use vidgen::pipeline::{video_to_vae_input, GenerateRequest, LoadOptions, VideoPipeline};
 
-use crate::generate::{builtin_model, parse_device, parse_dtype, write_atomic};
+use crate::generate::{builtin_model, parse_device, parse_dtype, parse_quantize, write_atomic};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -55,6 +55,9 @@ pub struct EvalArgs {
     /// Which phrasings to draw the prompts from: `eval` (held out from training) or `train`.
     #[arg(long, default_value = "eval", value_parser = ["eval", "train"])]
     pub split: String,
+    /// 8-bit transformer weights, as `vidgen generate --quantize`.
+    #[arg(long, value_name = "q8_0")]
+    pub quantize: Option<String>,
     /// Fast mode, as `vidgen generate --step-cache`.
     #[arg(long, value_name = "THRESHOLD")]
     pub step_cache: Option<f64>,
@@ -188,6 +191,7 @@ fn load(model: Option<PathBuf>, args: &EvalArgs) -> Result<Box<dyn VideoPipeline
         dtype,
         device: parse_device(&args.device)?,
         keep_loaded: true,
+        quantize: parse_quantize(args.quantize.as_deref())?,
     };
     vidgen::pipeline::load(&dir, options)
         .with_context(|| format!("loading model {}", dir.display()))

@@ -10,7 +10,7 @@ use clap::Args;
 use vidgen::pipeline::LoadOptions;
 use vidgen_server::ServeConfig;
 
-use crate::generate::{builtin_model, parse_device, parse_dtype};
+use crate::generate::{builtin_model, parse_device, parse_dtype, parse_quantize};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -66,6 +66,9 @@ pub struct ServeArgs {
     /// cpu, cuda:N or metal.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// 8-bit transformer weights, as `vidgen generate --quantize`.
+    #[arg(long, value_name = "q8_0")]
+    pub quantize: Option<String>,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -102,6 +105,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             dtype: parse_dtype(&args.dtype)?,
             device: parse_device(&args.device)?,
             keep_loaded: true,
+            quantize: parse_quantize(args.quantize.as_deref())?,
         },
     })
 }

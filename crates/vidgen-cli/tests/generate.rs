@@ -160,6 +160,50 @@ fn impossible_sizes_and_settings_are_refused_with_what_is_accepted() {
         "o.mp4",
     );
     assert!(err.contains("at most 32 patches per axis"), "{err}");
+    let err = fails(&model, &["--step-cache", "0"], "o.mp4");
+    assert!(
+        err.contains("step cache threshold must be a positive number"),
+        "{err}"
+    );
+    let err = fails(&model, &["--quantize", "q4_k"], "o.mp4");
+    assert!(err.contains("use q8_0 or none"), "{err}");
+}
+
+#[test]
+fn fast_mode_flags_run_and_are_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("fast.mp4");
+    let model = fixture().join("pipeline");
+    let o = vidgen(&[
+        "generate",
+        "a ball",
+        "--model",
+        model.to_str().unwrap(),
+        "--steps",
+        "6",
+        "--frames",
+        "9",
+        "--height",
+        "32",
+        "--width",
+        "48",
+        "--step-cache",
+        "0.3",
+        "--quantize",
+        "q8_0",
+        "--seed",
+        "1",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("reused the later blocks"), "{stderr}");
+    let sidecar: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("fast.mp4.json")).unwrap())
+            .unwrap();
+    assert_eq!(sidecar["settings"]["step_cache"], 0.3);
+    assert_eq!(sidecar["quantize"], "q8_0");
 }
 
 #[test]

@@ -25,6 +25,10 @@ pub struct LoadOptions {
     /// Keep every component in memory between calls (a server); otherwise each is dropped
     /// after its stage to keep peak memory low (the command line).
     pub keep_loaded: bool,
+    /// Store the transformer's linear layers in this block format (GGUF's Q8_0: 8-bit weights,
+    /// about a quarter of f32's memory) and multiply with candle's quantized matmul. `None`:
+    /// as `dtype`.
+    pub quantize: Option<candle_core::quantized::GgmlDType>,
 }
 
 impl Default for LoadOptions {
@@ -33,6 +37,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             device: Device::Cpu,
             keep_loaded: false,
+            quantize: None,
         }
     }
 }

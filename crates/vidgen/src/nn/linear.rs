@@ -1,7 +1,11 @@
 //! The linear layer every family uses: `y = x·Wᵀ + b` as one 2D matmul over all leading dims.
 //! bf16 on a CPU with AVX-512 BF16 takes [`super::bf16_gemm`] (inference only; it has no
-//! backward); everything else candle's matmul.
+//! backward); everything else candle's matmul. Layers built inside [`quantized`] store their
+//! weight 8-bit (GGUF's Q8_0) and multiply with candle's quantized matmul.
 
+use std::cell::Cell;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
@@ -10,23 +14,63 @@ use candle_nn::VarBuilder;
 /// than a batched one over a broadcast weight.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    /// `(in, out)`: a transposed view of the checkpoint's `(out, in)` weight (no copy).
-    weight_t: Tensor,
+    weight: Weight,
     bias: Option<Tensor>,
+}
+
+#[derive(Debug, Clone)]
+enum Weight {
+    /// `(in, out)`: a transposed view of the checkpoint's `(out, in)` weight (no copy).
+    Dense(Tensor),
+    /// The `(out, in)` weight in a GGUF block format; activations go in and out as f32.
+    Quantized(QMatMul),
+}
+
+thread_local! {
+    static QUANTIZE: Cell<Option<GgmlDType>> = const { Cell::new(None) };
+}
+
+/// Builds with `build`; the linear layers it loads with [`linear`] are stored as `dtype`
+/// (`None`: as loaded) where their input width is a multiple of its block (32 for Q8_0).
+/// The setting is the calling thread's and lasts for the call only.
+pub fn quantized<T>(dtype: Option<GgmlDType>, build: impl FnOnce() -> T) -> T {
+    let before = QUANTIZE.replace(dtype);
+    let built = build();
+    QUANTIZE.set(before);
+    built
 }
 
 impl Linear {
     /// From a `(out, in)` weight and an optional `(out,)` bias.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self {
-            weight_t: weight.t().expect("a linear weight is 2D"),
+            weight: Weight::Dense(weight.t().expect("a linear weight is 2D")),
             bias,
         }
     }
 
-    /// The `(out, in)` weight.
+    /// From a `(out, in)` weight stored as `dtype` (e.g. [`GgmlDType::Q8_0`]; its input width
+    /// must be a multiple of the format's block).
+    pub fn new_quantized(weight: &Tensor, bias: Option<Tensor>, dtype: GgmlDType) -> Result<Self> {
+        let q = QTensor::quantize(&weight.to_dtype(DType::F32)?, dtype)?;
+        Ok(Self {
+            weight: Weight::Quantized(QMatMul::from_qtensor(q)?),
+            bias,
+        })
+    }
+
+    /// The `(out, in)` weight (dequantized, if stored quantized).
     pub fn weight(&self) -> Result<Tensor> {
-        self.weight_t.t()
+        match &self.weight {
+            Weight::Dense(w) => w.t(),
+            Weight::Quantized(QMatMul::QTensor(q)) => q.dequantize(&candle_core::Device::Cpu),
+            Weight::Quantized(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => Ok(w.clone()),
+        }
+    }
+
+    /// Whether its weight is stored quantized.
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.weight, Weight::Quantized(_))
     }
 }
 
@@ -37,13 +81,16 @@ impl Linear {
         static GENERIC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let generic =
             *GENERIC.get_or_init(|| std::env::var("VIDGEN_MATMUL").is_ok_and(|v| v == "generic"));
+        let Weight::Dense(weight_t) = &self.weight else {
+            return false;
+        };
         xs.dtype() == DType::BF16
-            && self.weight_t.dtype() == DType::BF16
+            && weight_t.dtype() == DType::BF16
             && xs.device().is_cpu()
             && xs.dim(1).is_ok_and(|k| k % 2 == 0)
-            && self.weight_t.t().is_ok_and(|w| w.is_contiguous())
+            && weight_t.t().is_ok_and(|w| w.is_contiguous())
             && !xs.track_op()
-            && !self.weight_t.track_op()
+            && !weight_t.track_op()
             && !generic
             && super::bf16_gemm::available()
     }
@@ -92,7 +139,10 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Resu
     } else {
         None
     };
-    Ok(Linear::new(weight, bias))
+    match QUANTIZE.get() {
+        Some(q) if in_dim % q.block_size() == 0 => Linear::new_quantized(&weight, bias, q),
+        _ => Ok(Linear::new(weight, bias)),
+    }
 }
 
 impl Module for Linear {
@@ -105,17 +155,29 @@ impl Module for Linear {
         };
         let rows = xs.elem_count() / in_dim.max(1);
         let xs2 = xs.contiguous()?.reshape((rows, in_dim))?;
-        let ys = if self.bf16_kernel_applies(&xs2) {
-            let bias = match &self.bias {
-                Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
-                None => None,
-            };
-            xs2.apply_op2_no_bwd(&self.weight_t.t()?, &Bf16Linear { bias })?
-        } else {
-            let ys = xs2.matmul(&self.weight_t)?;
-            match &self.bias {
-                Some(b) => ys.broadcast_add(b)?,
-                None => ys,
+        let ys = match &self.weight {
+            Weight::Quantized(q) => {
+                // candle's quantized matmul takes f32 activations
+                let ys = q.forward(&xs2.to_dtype(DType::F32)?)?;
+                let ys = match &self.bias {
+                    Some(b) => ys.broadcast_add(&b.to_dtype(DType::F32)?)?,
+                    None => ys,
+                };
+                ys.to_dtype(xs.dtype())?
+            }
+            Weight::Dense(weight_t) if self.bf16_kernel_applies(&xs2) => {
+                let bias = match &self.bias {
+                    Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+                    None => None,
+                };
+                xs2.apply_op2_no_bwd(&weight_t.t()?, &Bf16Linear { bias })?
+            }
+            Weight::Dense(weight_t) => {
+                let ys = xs2.matmul(weight_t)?;
+                match &self.bias {
+                    Some(b) => ys.broadcast_add(b)?,
+                    None => ys,
+                }
             }
         };
         *dims.last_mut().expect("checked above") = ys.dim(1)?;
@@ -141,6 +203,32 @@ mod tests {
         assert!(err < 1e-5, "{err}");
         let no_bias = linear(3, 5, false, VarBuilder::zeros(DType::F32, &dev))?;
         assert_eq!(no_bias.forward(&x)?.dims(), &[2, 4, 5]);
+        Ok(())
+    }
+
+    #[test]
+    fn q8_0_is_close_to_f32_and_built_only_in_scope() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1., (48, 64), &dev)?;
+        let b = Tensor::randn(0f32, 1., 48, &dev)?;
+        let x = Tensor::randn(0f32, 1., (2, 5, 64), &dev)?;
+        let mut map = std::collections::HashMap::new();
+        map.insert("weight".to_string(), w.clone());
+        map.insert("bias".to_string(), b.clone());
+        let vb = VarBuilder::from_tensors(map, DType::F32, &dev);
+        let q = quantized(Some(GgmlDType::Q8_0), || linear(64, 48, true, vb.clone()))?;
+        let dense = linear(64, 48, true, vb)?;
+        assert!(q.is_quantized() && !dense.is_quantized());
+        let (got, want) = (q.forward(&x)?, dense.forward(&x)?);
+        assert_eq!(got.dims(), &[2, 5, 48]);
+        // 8-bit weights and activations: each of the 64 products is off by ~1/254 of its
+        // block's largest value; the sum of 64 unit-variance products errs by a few 0.01
+        let err = (&got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err > 0.0 && err < 0.02 * scale, "{err} of {scale}");
+        // a width that is not a multiple of the block stays dense
+        let vb = VarBuilder::zeros(DType::F32, &dev);
+        assert!(!quantized(Some(GgmlDType::Q8_0), || linear(40, 8, false, vb))?.is_quantized());
         Ok(())
     }
 

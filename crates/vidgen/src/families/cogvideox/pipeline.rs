@@ -562,13 +562,15 @@ impl CogVideoXPipeline {
 
     fn transformer(&mut self) -> Result<&CogVideoXTransformer3D> {
         if self.transformer.is_none() {
-            let cfg = self.transformer_cfg.clone();
+            let (cfg, quantize) = (self.transformer_cfg.clone(), self.opts.quantize);
             self.transformer = Some(build_component(
                 &self.dir,
                 "transformer",
                 self.opts.dtype,
                 &self.opts.device,
-                |vb| CogVideoXTransformer3D::new(&cfg, vb),
+                |vb| {
+                    crate::nn::linear::quantized(quantize, || CogVideoXTransformer3D::new(&cfg, vb))
+                },
             )?);
         }
         Ok(self.transformer.as_ref().expect("just built"))
