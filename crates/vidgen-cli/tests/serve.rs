@@ -331,6 +331,16 @@ fn errors_name_the_field_and_never_a_path() {
             400,
             "guidance",
         ),
+        (
+            json!({"prompt": "a ball", "step_cache": -1}),
+            400,
+            "step_cache",
+        ),
+        (
+            json!({"prompt": "a ball", "step_cache": "fast"}),
+            400,
+            "step_cache",
+        ),
         (json!({"prompt": "a ball", "model": "sora-2"}), 400, "model"),
         (json!({"prompt": "a ball", "stpes": 3}), 400, "body"),
         // 17 × 64 × 64 × 10 = 696 320 fits the budget of 2e6; 33 frames × 20 steps does not
@@ -437,6 +447,18 @@ fn two_workers_run_two_jobs_at_once_on_one_model() {
             .unwrap()
             .contains("vidgen_jobs_cancelled_total 2")
     });
+}
+
+#[test]
+fn the_fast_mode_is_a_request_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"), &[]);
+    let id = server.create(json!({"prompt": "a red ball", "steps": 10, "step_cache": 0.3}));
+    let done = server.wait_status(&id, "completed");
+    assert_eq!(done["vidgen"]["step_cache"], 0.3);
+    let plain = server.create(json!({"prompt": "a red ball", "steps": 10}));
+    let done = server.wait_status(&plain, "completed");
+    assert_eq!(done["vidgen"]["step_cache"], Value::Null);
 }
 
 fn rss_kib(pid: u32) -> u64 {
