@@ -140,7 +140,7 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Resu
         None
     };
     match QUANTIZE.get() {
-        Some(q) if in_dim % q.block_size() == 0 => Linear::new_quantized(&weight, bias, q),
+        Some(q) if in_dim.is_multiple_of(q.block_size()) => Linear::new_quantized(&weight, bias, q),
         _ => Ok(Linear::new(weight, bias)),
     }
 }
