@@ -325,45 +325,30 @@ fn random_video(args: &BenchArgs, dtype: DType) -> Result<Tensor> {
 /// Times each of `--parts` and prints its JSON line.
 fn run_parts(args: &BenchArgs, dtype: DType, family: Family) -> Result<()> {
     let peak = matmul_peak(dtype)?;
+    // one part's measurement: its peak memory from here, its median time, its JSON line
+    let measure = |part: &str, mut job: Job, flops: f64, layers: usize| -> Result<()> {
+        fresh_peak();
+        let secs = time(args.repeats, &mut job)?;
+        report(part, secs, flops, peak, args, layers, family.text_len);
+        Ok(())
+    };
     for part in args.parts.split(',').map(str::trim) {
         match part {
             "dit" | "dit-cfg" => {
-                let (mut forward, flops) = (family.dit)(if part == "dit" { 1 } else { 2 })?;
-                fresh_peak();
-                let secs = time(args.repeats, &mut forward)?;
-                report(
-                    part,
-                    secs,
-                    flops,
-                    peak,
-                    args,
-                    family.layers,
-                    family.text_len,
-                );
+                let (forward, flops) = (family.dit)(if part == "dit" { 1 } else { 2 })?;
+                measure(part, forward, flops, family.layers)?;
             }
             "vae-decode" | "vae-encode" => {
-                let mut job = (family.vae)(part == "vae-encode")?;
-                fresh_peak();
-                let secs = time(args.repeats, &mut job)?;
-                report(part, secs, f64::NAN, peak, args, 0, family.text_len);
+                let job = (family.vae)(part == "vae-encode")?;
+                measure(part, job, f64::NAN, 0)?;
             }
             "text" => {
                 let mut cfg = family.text_encoder.clone();
                 if let Some(layers) = args.layers {
                     cfg.num_layers = layers;
                 }
-                let (mut job, flops) = text_job(&cfg, family.source, dtype, family.text_len)?;
-                fresh_peak();
-                let secs = time(args.repeats, &mut job)?;
-                report(
-                    part,
-                    secs,
-                    flops,
-                    peak,
-                    args,
-                    cfg.num_layers,
-                    family.text_len,
-                );
+                let (job, flops) = text_job(&cfg, family.source, dtype, family.text_len)?;
+                measure(part, job, flops, cfg.num_layers)?;
             }
             "pipeline" => pipeline_part(args, dtype)?,
             other => bail!(

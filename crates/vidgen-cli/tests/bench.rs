@@ -11,6 +11,20 @@ fn bench(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// The JSON lines of a run that must have succeeded.
+fn json_lines(out: std::process::Output, what: &str) -> Vec<serde_json::Value> {
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 #[test]
 fn every_family_preset_reports_its_parts() {
     for (preset, frames, text_len) in [
@@ -34,16 +48,7 @@ fn every_family_preset_reports_its_parts() {
             "--threads",
             "1",
         ]);
-        assert!(
-            out.status.success(),
-            "{preset}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines = json_lines(out, preset);
         assert_eq!(lines.len(), 2, "{preset}");
         for (line, part) in lines.iter().zip(["dit", "dit-cfg"]) {
             assert_eq!(line["part"], part);
@@ -83,16 +88,7 @@ fn text_and_pipeline_parts_on_the_built_in_model_with_the_fast_mode() {
         "--threads",
         "2",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(out, "built-in model");
     let parts: Vec<&str> = lines.iter().map(|l| l["part"].as_str().unwrap()).collect();
     assert_eq!(parts, ["text", "pipeline", "pipeline-fast"]);
     assert!(lines[0]["gflops"].as_f64().unwrap() > 0.0);
