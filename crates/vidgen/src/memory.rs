@@ -66,3 +66,26 @@ pub fn peak_rss_bytes() -> Option<u64> {
 pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn glibc_takes_the_thresholds_and_the_peak_restarts() {
+        if std::env::var("VIDGEN_MALLOC").is_err() {
+            assert!(super::keep_freed_memory());
+        }
+        // a peak of 64 MiB more, gone after a reset once the memory is returned
+        let big = vec![1u8; 64 << 20];
+        assert_eq!(
+            big.iter().step_by(4096).map(|&b| b as usize).sum::<usize>(),
+            16384
+        );
+        let high = super::peak_rss_bytes().unwrap();
+        drop(big);
+        super::release_free_memory();
+        assert!(super::reset_peak_rss());
+        let low = super::peak_rss_bytes().unwrap();
+        assert!(low + (32 << 20) < high, "peak {high} -> {low}");
+    }
+}

@@ -34,10 +34,15 @@ thread_local! {
 /// (`None`: as loaded) where their input width is a multiple of its block (32 for Q8_0).
 /// The setting is the calling thread's and lasts for the call only.
 pub fn quantized<T>(dtype: Option<GgmlDType>, build: impl FnOnce() -> T) -> T {
-    let before = QUANTIZE.replace(dtype);
-    let built = build();
-    QUANTIZE.set(before);
-    built
+    /// Puts the previous setting back, also when `build` panics.
+    struct Restore(Option<GgmlDType>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            QUANTIZE.set(self.0);
+        }
+    }
+    let _restore = Restore(QUANTIZE.replace(dtype));
+    build()
 }
 
 impl Linear {

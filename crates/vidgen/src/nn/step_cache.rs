@@ -8,7 +8,8 @@
 //! old one), the remaining blocks are skipped and their residual from that step is added
 //! instead. This is diffusers' `FirstBlockCacheConfig` / `apply_first_block_cache` (after
 //! ParaAttention's "First Block Cache", a simpler form of TeaCache), with the same rule, so a
-//! threshold means the same in both; `tests/step_cache.rs` checks a Wan transformer against it.
+//! threshold means the same in both; `tests/step_cache.rs` checks the Wan, LTX-Video and
+//! CogVideoX pipelines against it.
 //!
 //! One cache serves one generation: the calls of its denoising loop, in order. With classifier-
 //! free guidance batched as vidgen runs it (prompt and negative prompt in one call), one

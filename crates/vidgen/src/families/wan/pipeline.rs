@@ -464,7 +464,8 @@ impl WanPipeline {
         self.opts.keep_loaded = true;
         let text_encoder = self.take_text_encoder()?;
         self.text_encoder = Some(text_encoder);
-        let vae = self.take_vae(true)?;
+        // the decoder only: a video-to-video request rebuilds it with the encoder, once
+        let vae = self.take_vae(false)?;
         self.vae = Some(vae);
         self.transformer()?;
         Ok(())
