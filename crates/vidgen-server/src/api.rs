@@ -708,8 +708,12 @@ fn plan_job(
         return Err(ApiError::invalid("guidance", "guidance: from 0 to 50"));
     }
     let step_cache = fields.number::<f64>("step_cache", "a number")?;
-    vidgen::pipeline::check_step_cache(step_cache)
-        .map_err(|e| ApiError::invalid("step_cache", e.to_string()))?;
+    if vidgen::pipeline::check_step_cache(step_cache).is_err() {
+        return Err(ApiError::invalid(
+            "step_cache",
+            "step_cache: a positive number (0.05 is diffusers' default; 0.1-0.3 skip more steps)",
+        ));
+    }
     let seed = match fields.number::<u64>("seed", "a non-negative integer")? {
         Some(seed) => seed,
         None => rand::random::<u32>() as u64,
