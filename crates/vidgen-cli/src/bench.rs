@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use clap::Args;
@@ -75,7 +76,7 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
-    fn quantize(&self) -> Result<Option<candle_core::quantized::GgmlDType>> {
+    fn quantize(&self) -> Result<Option<GgmlDType>> {
         crate::generate::parse_quantize(self.quantize.as_deref())
     }
 
@@ -96,10 +97,6 @@ impl BenchArgs {
 fn fresh_peak() {
     vidgen::memory::release_free_memory();
     vidgen::memory::reset_peak_rss();
-}
-
-fn peak_rss_bytes() -> Option<u64> {
-    vidgen::memory::peak_rss_bytes()
 }
 
 /// Median seconds of `repeats` runs after one warm-up.
@@ -241,20 +238,32 @@ fn t5_xxl() -> Result<T5Config> {
     .map_err(anyhow::Error::msg)
 }
 
-/// `build` with weights from `source`: random (seeded by `seed`) or the folder's `component`.
+/// `build` with weights from `source`: random (seeded by `seed`) or the folder's `component`;
+/// its linear layers stored as `quantize` (random weights are drawn dense, then quantized once,
+/// in the model that is kept).
 fn model<M>(
     source: &Source,
     component: &str,
     seed: u64,
     dtype: DType,
+    quantize: Option<GgmlDType>,
     build: impl Fn(VarBuilder) -> candle_core::Result<M>,
 ) -> Result<M> {
+    let kept = |vb| vidgen::nn::linear::quantized(quantize, || build(vb));
     match source {
-        Source::Random => random_model(&mut NoiseRng::new(seed), dtype, build),
+        Source::Random => {
+            // the var map's pass only registers the weights: dense
+            let map = random_weights(&mut NoiseRng::new(seed), dtype, |vb| build(vb).map(|_| ()))?;
+            Ok(kept(VarBuilder::from_tensors(
+                detached(&map),
+                dtype,
+                &Device::Cpu,
+            ))?)
+        }
         Source::Folder(dir) => {
             let weights =
                 vidgen::checkpoint::Weights::open(&dir.join(component), dtype, &Device::Cpu)?;
-            Ok(build(weights.var_builder())?)
+            Ok(kept(weights.var_builder())?)
         }
     }
 }
@@ -269,20 +278,6 @@ fn check_size(args: &BenchArgs, tf: usize, m: usize) -> Result<()> {
         bail!("this model: --frames must be {tf}k+1 and --height/--width multiples of {m}");
     }
     Ok(())
-}
-
-/// A model built from random weights (see `random_weights`), detached from its var map.
-fn random_model<M>(
-    rng: &mut NoiseRng,
-    dtype: DType,
-    build: impl Fn(VarBuilder) -> candle_core::Result<M>,
-) -> Result<M> {
-    let map = random_weights(rng, dtype, |vb| build(vb).map(|_| ()))?;
-    Ok(build(VarBuilder::from_tensors(
-        detached(&map),
-        dtype,
-        &Device::Cpu,
-    ))?)
 }
 
 /// A timed piece of work.
@@ -367,7 +362,7 @@ fn text_job<'a>(
     dtype: DType,
     text_len: usize,
 ) -> Result<(Job<'a>, f64)> {
-    let encoder = model(source, "text_encoder", 4, dtype, |vb| {
+    let encoder = model(source, "text_encoder", 4, dtype, None, |vb| {
         T5EncoderModel::new(cfg, vb)
     })?;
     let ids: Vec<u32> = (0..text_len)
@@ -445,7 +440,7 @@ fn pipeline_part(args: &BenchArgs, dtype: DType) -> Result<()> {
         serde_json::json!({
             "part": part,
             "seconds": secs,
-            "peak_rss_bytes": peak_rss_bytes(),
+            "peak_rss_bytes": vidgen::memory::peak_rss_bytes(),
             "stage_seconds": g.timings,
             "model": dir, "dtype": args.dtype,
             "frames": s.num_frames, "height": s.height, "width": s.width,
@@ -511,8 +506,8 @@ fn run_wan(
             source: &source,
             dit: Box::new(|batch| {
                 let device = Device::Cpu;
-                let model = model(&source, "transformer", 0, dtype, |vb| {
-                    vidgen::nn::linear::quantized(quantize, || WanTransformer3D::new(&cfg, vb))
+                let model = model(&source, "transformer", 0, dtype, quantize, |vb| {
+                    WanTransformer3D::new(&cfg, vb)
                 })?;
                 let x = vidgen::noise::randn(1, (batch, cfg.in_channels, t, h, w), &device)?;
                 let text = vidgen::noise::randn(2, (batch, text_len, cfg.text_dim), &device)?;
@@ -529,7 +524,7 @@ fn run_wan(
             }),
             vae: Box::new(|encode| {
                 // decoding builds the decoder only, as text-to-video does
-                let vae = model(&source, "vae", 1, dtype, |vb| {
+                let vae = model(&source, "vae", 1, dtype, None, |vb| {
                     if encode {
                         AutoencoderKlWan::new(&vae_cfg, vb)
                     } else {
@@ -583,8 +578,8 @@ fn run_ltx(
             source: &source,
             dit: Box::new(|batch| {
                 let device = Device::Cpu;
-                let model = model(&source, "transformer", 0, dtype, |vb| {
-                    vidgen::nn::linear::quantized(quantize, || LtxVideoTransformer3D::new(&cfg, vb))
+                let model = model(&source, "transformer", 0, dtype, quantize, |vb| {
+                    LtxVideoTransformer3D::new(&cfg, vb)
                 })?;
                 let x = vidgen::noise::randn(1, (batch, n, cfg.in_channels), &device)?
                     .to_dtype(dtype)?;
@@ -612,7 +607,7 @@ fn run_ltx(
             }),
             vae: Box::new(|encode| {
                 let device = Device::Cpu;
-                let vae = model(&source, "vae", 1, dtype, |vb| {
+                let vae = model(&source, "vae", 1, dtype, None, |vb| {
                     AutoencoderKlLtxVideo::new(&vae_cfg, vb)
                 })?;
                 if encode {
@@ -669,10 +664,8 @@ fn run_cogvideox(
             source: &source,
             dit: Box::new(|batch| {
                 let device = Device::Cpu;
-                let model = model(&source, "transformer", 0, dtype, |vb| {
-                    vidgen::nn::linear::quantized(quantize, || {
-                        CogVideoXTransformer3D::new(&cfg, vb)
-                    })
+                let model = model(&source, "transformer", 0, dtype, quantize, |vb| {
+                    CogVideoXTransformer3D::new(&cfg, vb)
                 })?;
                 let x = vidgen::noise::randn(1, (batch, t, cfg.in_channels, h, w), &device)?
                     .to_dtype(dtype)?;
@@ -690,7 +683,7 @@ fn run_cogvideox(
                 Ok((forward, flops))
             }),
             vae: Box::new(|encode| {
-                let vae = model(&source, "vae", 1, dtype, |vb| {
+                let vae = model(&source, "vae", 1, dtype, None, |vb| {
                     AutoencoderKlCogVideoX::new(&vae_cfg, vb)
                 })?;
                 if encode {
@@ -735,7 +728,7 @@ fn report(
     let value = serde_json::json!({
         "part": part,
         "seconds": seconds,
-        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_rss_bytes": vidgen::memory::peak_rss_bytes(),
         "gflops": if gflops.is_finite() { Some(gflops) } else { None },
         "peak_fraction": if gflops.is_finite() { Some(gflops / peak_gflops) } else { None },
         "matmul_peak_gflops": peak_gflops,
