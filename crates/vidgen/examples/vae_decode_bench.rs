@@ -2,7 +2,8 @@
 //!
 //! `cargo run --release -p vidgen --example vae_decode_bench -- decode [frames height width]`
 //! decodes a `(1, 16, T, H/8, W/8)` latent with the real Wan2.1 VAE sizes and random weights;
-//! `... -- conv` compares ways of computing a causal 3x3x3 conv at decoder sizes.
+//! `... -- conv` compares ways of computing a causal 3x3x3 conv at decoder sizes (`Conv3d` is
+//! vidgen's: Winograd on the CPU, or im2col + matmul with `VIDGEN_CONV=im2col`).
 //! Run under `/usr/bin/time -v` for the peak RSS.
 
 use std::time::Instant;
@@ -41,7 +42,7 @@ fn best_of(n: usize, mut f: impl FnMut() -> Result<Tensor>) -> Result<f64> {
 fn bench_convs() -> Result<()> {
     let dev = Device::Cpu;
     println!(
-        "ms per chunk          | conv2d/tap | conv2d(3C) | im2col+mm  | matmul only | GFLOP | GFLOP/s"
+        "ms per chunk          | conv2d/tap | conv2d(3C) | Conv3d     | matmul only | GFLOP | GFLOP/s"
     );
     for &(c, h, t_out) in &[
         (384, 32, 1),
