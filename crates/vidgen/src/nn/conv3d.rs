@@ -314,26 +314,31 @@ impl Conv3d {
 }
 
 impl Conv3d {
-    /// Whether [`winograd`] computes this conv: a 3x3 spatial kernel at spatial stride 1, f32, not
-    /// switched off with `VIDGEN_CONV=im2col` (for before/after benchmarks in one run).
+    /// Whether [`winograd`] computes this conv: a 3x3 spatial kernel at spatial stride 1, a float
+    /// dtype shared by input and weight, not switched off with `VIDGEN_CONV=im2col` (for
+    /// before/after benchmarks in one run).
     fn winograd_applies(&self, parts: &[&Tensor]) -> bool {
         static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let off = *OFF.get_or_init(|| std::env::var("VIDGEN_CONV").is_ok_and(|v| v == "im2col"));
         let (_, kh, kw) = self.kernel;
         let (_, sh, sw) = self.stride;
+        let dtype = self.w_mat.dtype();
         !off && (kh, kw, sh, sw) == (3, 3, 1, 1)
-            && self.w_mat.dtype() == DType::F32
-            && parts.iter().all(|p| p.dtype() == DType::F32)
+            && matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
+            && parts.iter().all(|p| p.dtype() == dtype)
     }
 
     /// One batch element on the CPU through [`winograd::conv`]: `parts` each `(T_i, H, W, C_in)`
-    /// -> `(T', H', W', C_out)`.
+    /// -> `(T', H', W', C_out)`. A bf16 / f16 conv computes in f32 (an f32 island: candle's
+    /// half-precision CPU matmul widens to f32 anyway, and the transforms' sums keep their bits)
+    /// and rounds its output once.
     fn conv_winograd(&self, parts: &[&Tensor], shapes: winograd::Shapes) -> Result<Tensor> {
+        let dtype = self.w_mat.dtype();
         let parts = parts
             .iter()
-            .map(|p| p.contiguous())
+            .map(|p| p.to_dtype(DType::F32)?.contiguous())
             .collect::<Result<Vec<_>>>()?;
-        let w_mat = self.w_mat.contiguous()?;
+        let w_mat = self.w_mat.to_dtype(DType::F32)?.contiguous()?;
         let bias = match &self.bias {
             Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
             None => None,
@@ -362,7 +367,7 @@ impl Conv3d {
         let w = cpu_f32(&w_guard, w_layout, w_mat.elem_count())?;
         let y = winograd::conv(&frames, w, bias.as_deref(), shapes);
         let (t_out, h_out, w_out) = shapes.output();
-        Tensor::from_vec(y, (t_out, h_out, w_out, shapes.c_out), w_mat.device())
+        Tensor::from_vec(y, (t_out, h_out, w_out, shapes.c_out), w_mat.device())?.to_dtype(dtype)
     }
 }
 
@@ -639,6 +644,25 @@ mod tests {
             let got = conv.forward(&x)?;
             let d = max_diff(&got, &want)?;
             assert!(d <= 1e-5, "case {i}: max abs diff {d}");
+            // bf16: computed in f32 from the bf16 values, so off by the output's rounding only
+            let round = |t: &Tensor| t.to_dtype(DType::BF16);
+            let conv = Conv3d::new(round(&wt)?, Some(round(&b)?), (st, 1, 1), p)?;
+            let got = conv.forward(&round(&x)?)?;
+            assert_eq!(got.dtype(), DType::BF16);
+            let up = |t: &Tensor| round(t)?.to_dtype(DType::F32);
+            let want = conv3d_naive(
+                &up(&x)?,
+                &up(&wt)?,
+                Some(&up(&b)?),
+                (st, 1, 1),
+                Padding3d::symmetric(p),
+            )?;
+            let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
+            let d = max_diff(&got.to_dtype(DType::F32)?, &want)?;
+            assert!(
+                d <= scale / 128.0,
+                "case {i}, bf16: max abs diff {d} (outputs up to {scale})"
+            );
         }
         Ok(())
     }
