@@ -73,6 +73,9 @@ pub struct BenchArgs {
     /// default output.
     #[arg(long, value_name = "THRESHOLD")]
     pub step_cache: Option<f64>,
+    /// VAE parts and the pipeline part: spatial tiling, as `generate --vae-tiling`.
+    #[arg(long)]
+    pub vae_tiling: bool,
 }
 
 impl BenchArgs {
@@ -414,6 +417,7 @@ fn pipeline_part(args: &BenchArgs, dtype: DType) -> Result<()> {
         let opts = LoadOptions {
             dtype,
             quantize: if fast { quantize } else { None },
+            vae_tiling: args.vae_tiling,
             ..LoadOptions::default()
         };
         let mut pipeline = vidgen::pipeline::load(dir, opts)?;
@@ -524,13 +528,14 @@ fn run_wan(
             }),
             vae: Box::new(|encode| {
                 // decoding builds the decoder only, as text-to-video does
-                let vae = model(&source, "vae", 1, dtype, None, |vb| {
+                let mut vae = model(&source, "vae", 1, dtype, None, |vb| {
                     if encode {
                         AutoencoderKlWan::new(&vae_cfg, vb)
                     } else {
                         AutoencoderKlWan::decoder_only(&vae_cfg, vb)
                     }
                 })?;
+                vae.set_tiling(args.vae_tiling.then(Default::default));
                 if encode {
                     return job(vae, random_video(args, dtype)?, |vae, x| vae.encode(x));
                 }
@@ -607,9 +612,10 @@ fn run_ltx(
             }),
             vae: Box::new(|encode| {
                 let device = Device::Cpu;
-                let vae = model(&source, "vae", 1, dtype, None, |vb| {
+                let mut vae = model(&source, "vae", 1, dtype, None, |vb| {
                     AutoencoderKlLtxVideo::new(&vae_cfg, vb)
                 })?;
+                vae.set_tiling(args.vae_tiling.then(Default::default));
                 if encode {
                     return job(vae, random_video(args, dtype)?, |vae, x| vae.encode(x));
                 }
@@ -683,9 +689,11 @@ fn run_cogvideox(
                 Ok((forward, flops))
             }),
             vae: Box::new(|encode| {
-                let vae = model(&source, "vae", 1, dtype, None, |vb| {
+                let mut vae = model(&source, "vae", 1, dtype, None, |vb| {
                     AutoencoderKlCogVideoX::new(&vae_cfg, vb)
                 })?;
+                let tiling = vidgen::families::cogvideox::vae::TilingConfig::for_config(&vae_cfg);
+                vae.set_tiling(args.vae_tiling.then_some(tiling));
                 if encode {
                     return job(vae, random_video(args, dtype)?, |vae, x| vae.encode(x));
                 }

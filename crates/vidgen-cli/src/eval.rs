@@ -58,6 +58,9 @@ pub struct EvalArgs {
     /// 8-bit transformer weights, as `vidgen generate --quantize`.
     #[arg(long, value_name = "q8_0")]
     pub quantize: Option<String>,
+    /// Spatial tiling of the VAE, as `vidgen generate --vae-tiling`.
+    #[arg(long)]
+    pub vae_tiling: bool,
     /// Fast mode, as `vidgen generate --step-cache`.
     #[arg(long, value_name = "THRESHOLD")]
     pub step_cache: Option<f64>,
@@ -192,6 +195,7 @@ fn load(model: Option<PathBuf>, args: &EvalArgs) -> Result<Box<dyn VideoPipeline
         device: parse_device(&args.device)?,
         keep_loaded: true,
         quantize: parse_quantize(args.quantize.as_deref())?,
+        vae_tiling: args.vae_tiling,
     };
     vidgen::pipeline::load(&dir, options)
         .with_context(|| format!("loading model {}", dir.display()))

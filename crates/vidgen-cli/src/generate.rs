@@ -101,6 +101,11 @@ pub struct GenerateArgs {
     /// f32's memory) and multiply with candle's quantized matmul. Off by default.
     #[arg(long, value_name = "q8_0")]
     pub quantize: Option<String>,
+    /// Decode (and encode) large frames in overlapping tiles blended at the seams, as
+    /// diffusers' `vae.enable_tiling()`: bounds the VAE's memory at large sizes (Wan: tiles of
+    /// 256 px). Off by default.
+    #[arg(long)]
+    pub vae_tiling: bool,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
@@ -141,6 +146,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             device,
             keep_loaded: false,
             quantize,
+            vae_tiling: args.vae_tiling,
         },
     )
     .with_context(|| format!("loading model {}", model_dir.display()))?;
@@ -197,6 +203,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         "settings": generated.settings,
         "model": pipeline.dir(),
         "quantize": args.quantize,
+        "vae_tiling": args.vae_tiling,
         "seconds": generated.timings,
     });
     let sidecar = sidecar_path(&args.output);

@@ -69,6 +69,9 @@ pub struct ServeArgs {
     /// 8-bit transformer weights, as `vidgen generate --quantize`.
     #[arg(long, value_name = "q8_0")]
     pub quantize: Option<String>,
+    /// Spatial tiling of the VAE, as `vidgen generate --vae-tiling`.
+    #[arg(long)]
+    pub vae_tiling: bool,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -106,6 +109,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             device: parse_device(&args.device)?,
             keep_loaded: true,
             quantize: parse_quantize(args.quantize.as_deref())?,
+            vae_tiling: args.vae_tiling,
         },
     })
 }

@@ -170,7 +170,7 @@ fn impossible_sizes_and_settings_are_refused_with_what_is_accepted() {
 }
 
 #[test]
-fn fast_mode_flags_run_and_are_recorded() {
+fn fast_mode_and_memory_flags_run_and_are_recorded() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("fast.mp4");
     let model = fixture().join("pipeline");
@@ -191,6 +191,7 @@ fn fast_mode_flags_run_and_are_recorded() {
         "0.3",
         "--quantize",
         "q8_0",
+        "--vae-tiling",
         "--seed",
         "1",
         "-o",
@@ -204,6 +205,7 @@ fn fast_mode_flags_run_and_are_recorded() {
             .unwrap();
     assert_eq!(sidecar["settings"]["step_cache"], 0.3);
     assert_eq!(sidecar["quantize"], "q8_0");
+    assert_eq!(sidecar["vae_tiling"], true);
 }
 
 #[test]

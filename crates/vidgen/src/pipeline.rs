@@ -29,6 +29,12 @@ pub struct LoadOptions {
     /// about a quarter of f32's memory) and multiply with candle's quantized matmul. `None`:
     /// as `dtype`.
     pub quantize: Option<candle_core::quantized::GgmlDType>,
+    /// Encode and decode large frames in overlapping spatial tiles, blended at the seams, as
+    /// diffusers' `vae.enable_tiling()` with the family's default tile sizes (Wan: 256 px tiles
+    /// every 192; LTX-Video: 512 every 448; CogVideoX: half its sample size, 1/6 and 1/5
+    /// overlap). Bounds the VAE's memory by the tile instead of the frame; frames no larger
+    /// than one tile are unchanged.
+    pub vae_tiling: bool,
 }
 
 impl Default for LoadOptions {
@@ -38,6 +44,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             keep_loaded: false,
             quantize: None,
+            vae_tiling: false,
         }
     }
 }

@@ -25,7 +25,7 @@ use candle_core::{DType, Tensor};
 
 use super::config::CogVideoXTransformerConfig;
 use super::transformer::CogVideoXTransformer3D;
-use super::vae::{AutoencoderKlCogVideoX, AutoencoderKlCogVideoXConfig};
+use super::vae::{AutoencoderKlCogVideoX, AutoencoderKlCogVideoXConfig, TilingConfig};
 use crate::checkpoint::{class_name, read_json, resolve_model_dir};
 use crate::nn::step_cache::FirstBlockCache;
 use crate::pipeline::{
@@ -544,9 +544,14 @@ impl CogVideoXPipeline {
             return Ok(vae);
         }
         let cfg = self.vae_cfg.clone();
-        build_component(&self.dir, "vae", self.opts.dtype, &self.opts.device, |vb| {
-            AutoencoderKlCogVideoX::new(&cfg, vb)
-        })
+        let mut vae =
+            build_component(&self.dir, "vae", self.opts.dtype, &self.opts.device, |vb| {
+                AutoencoderKlCogVideoX::new(&cfg, vb)
+            })?;
+        if self.opts.vae_tiling {
+            vae.set_tiling(Some(TilingConfig::for_config(&cfg)));
+        }
+        Ok(vae)
     }
 
     /// Builds every component now and keeps them loaded.

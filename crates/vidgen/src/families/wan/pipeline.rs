@@ -11,7 +11,7 @@ use candle_core::{DType, Tensor};
 
 use super::config::{WanPipelineIndex, WanTransformerConfig};
 use super::transformer::WanTransformer3D;
-use super::vae::{AutoencoderKlWan, AutoencoderKlWanConfig};
+use super::vae::{AutoencoderKlWan, AutoencoderKlWanConfig, TilingConfig};
 use crate::checkpoint::{read_json, resolve_model_dir};
 use crate::nn::step_cache::FirstBlockCache;
 use crate::pipeline::{
@@ -447,16 +447,20 @@ impl WanPipeline {
         }
         let cfg = self.vae_cfg.clone();
         let (dtype, device) = (self.opts.dtype, &self.opts.device);
-        if encode {
+        let mut vae = if encode {
             build_component(&self.dir, "vae", dtype, device, |vb| {
                 AutoencoderKlWan::new(&cfg, vb)
-            })
+            })?
         } else {
             let skipped = AutoencoderKlWan::ENCODER_PREFIXES;
             build_component_part(&self.dir, "vae", dtype, device, skipped, |vb| {
                 AutoencoderKlWan::decoder_only(&cfg, vb)
-            })
+            })?
+        };
+        if self.opts.vae_tiling {
+            vae.set_tiling(Some(TilingConfig::default()));
         }
+        Ok(vae)
     }
 
     /// Builds every component now and keeps them loaded.
