@@ -120,9 +120,33 @@ impl Panels {
         data.par_chunks_mut(pairs * NR)
             .enumerate()
             .for_each(|(p, panel)| {
-                for j in 0..NR.min(n - p * NR) {
-                    let row = &w[(p * NR + j) * k..(p * NR + j + 1) * k];
-                    for q in 0..pairs {
+                let cols = NR.min(n - p * NR);
+                let rows: [&[bf16]; NR] = std::array::from_fn(|j| {
+                    let j = j.min(cols - 1); // rows past `cols` are never stored
+                    &w[(p * NR + j) * k..(p * NR + j + 1) * k]
+                });
+                // a transpose of (cols × pairs) u32 into (pairs × NR): in blocks of BLOCK pairs,
+                // read along each row and written along each output pair (several times faster
+                // than element by element, which was ~10 % of a bf16 linear)
+                const BLOCK: usize = 16;
+                let full = if cols == NR { k / 2 / BLOCK * BLOCK } else { 0 };
+                for q0 in (0..full).step_by(BLOCK) {
+                    let mut tile = [[0u32; BLOCK]; NR];
+                    for (t, row) in tile.iter_mut().zip(&rows) {
+                        let src = &row[2 * q0..2 * (q0 + BLOCK)];
+                        *t = std::array::from_fn(|i| pair_bits(src[2 * i], src[2 * i + 1]));
+                    }
+                    for (i, dst) in panel[q0 * NR..(q0 + BLOCK) * NR]
+                        .chunks_exact_mut(NR)
+                        .enumerate()
+                    {
+                        for (d, t) in dst.iter_mut().zip(&tile) {
+                            *d = t[i];
+                        }
+                    }
+                }
+                for (j, row) in rows.iter().enumerate().take(cols) {
+                    for q in full..pairs {
                         let hi = row.get(2 * q + 1).copied().unwrap_or(bf16::ZERO);
                         panel[q * NR + j] = pair_bits(row[2 * q], hi);
                     }
@@ -383,6 +407,7 @@ mod tests {
             (12, 32, 64),
             (40, 5, 258),
             (3, 100, 2),
+            (7, 70, 100),
         ] {
             let x: Vec<bf16> = (0..m * k).map(|_| bf16::from_f32(rand())).collect();
             let w: Vec<bf16> = (0..n * k).map(|_| bf16::from_f32(rand())).collect();
