@@ -1,13 +1,16 @@
 //! One-pass, multi-threaded CPU versions of the elementwise chains around the DiT's matmuls.
-//! In candle each step of `LayerNorm → ·(1 + scale) + shift → cast`, `h + y·gate → cast` or
-//! GELU is its own single-threaded pass over memory (with a widening per element in bf16);
+//! In candle each step of `LayerNorm → ·(1 + scale) + shift → cast`, `h + y·gate → cast`,
+//! `cast → RMS norm → cast` or GELU is its own single-threaded pass over memory (with a
+//! widening per element in bf16, and row sums as one serial chain of adds);
 //! here each chain is one pass over rows split across threads, computing in f32 whatever the
 //! storage dtype (as the reference does), for f32 and bf16 tensors.
 //!
 //! Inference only (no backward pass): [`applies`] says when the callers may use them; the
 //! candle-op chains stay for training, other devices and as the tests' oracle.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+};
 use half::bf16;
 use rayon::prelude::*;
 
@@ -49,6 +52,23 @@ pub fn gated_residual(h: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
     let gate = gate.to_dtype(DType::F32)?.contiguous()?;
     h.contiguous()?
         .apply_op3_no_bwd(&y.to_dtype(h.dtype())?.contiguous()?, &gate, &GatedResidual)
+}
+
+/// RMS norm over the last dimension, `x / sqrt(mean(x²) + eps) · weight`, in f32, as `x`'s
+/// dtype. `weight` `(D,)` f32.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    let weight = weight.to_dtype(DType::F32)?.contiguous()?;
+    x.contiguous()?
+        .apply_op2_no_bwd(&weight, &RmsNormOp { eps })
+}
+
+/// Layer norm over the last dimension with an affine transform, `(x − mean) / sqrt(var + eps)
+/// · weight + bias`, computed and returned in f32 (diffusers' `FP32LayerNorm`). `weight`,
+/// `bias` `(D,)`.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+    let f32c = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
+    x.contiguous()?
+        .apply_op3_no_bwd(&f32c(weight)?, &f32c(bias)?, &LayerNormOp { eps })
 }
 
 /// GELU with the tanh approximation (PyTorch's `approximate="tanh"`), same dtype.
@@ -159,7 +179,7 @@ fn map_rows(
                         for (i, row) in chunk.chunks_exact_mut(d).enumerate() {
                             f(t * rows_per_task + i, buf);
                             for (o, v) in row.iter_mut().zip(buf.iter()) {
-                                *o = bf16::from_f32(*v);
+                                *o = round_bf16(*v);
                             }
                         }
                     },
@@ -202,8 +222,8 @@ impl CustomOp3 for ModulatedNorm {
         let eps = self.eps;
         let out = map_rows(b * n, d, self.dtype, |r, row| {
             x.read(r * d, row);
-            let mean = row.iter().sum::<f32>() / d as f32;
-            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+            let mean = lane_sum(row, |v| v) / d as f32;
+            let var = lane_sum(row, |v| (v - mean) * (v - mean)) / d as f32;
             let inv = 1.0 / (var + eps).sqrt();
             let bi = r / n;
             let (sh, sc) = (&shift[bi * d..(bi + 1) * d], &scale[bi * d..(bi + 1) * d]);
@@ -213,6 +233,110 @@ impl CustomOp3 for ModulatedNorm {
             }
         })?;
         Ok((out, Shape::from((b, n, d))))
+    }
+}
+
+/// `Σ f(x)` over `row` in 16 interleaved partial sums: a sum the compiler can vectorise (one
+/// running sum is a serial chain of adds, float addition not being associative).
+#[inline(always)]
+fn lane_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0f32; 16];
+    let chunks = row.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for chunk in chunks {
+        for (l, &v) in lanes.iter_mut().zip(chunk) {
+            *l += f(v);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// f32 -> bf16, round to nearest even (as `bf16::from_f32`), without branches so that loops
+/// of it vectorise; NaN stays a (quiet) NaN.
+#[inline(always)]
+fn round_bf16(x: f32) -> bf16 {
+    let bits = x.to_bits();
+    let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+    let nan = ((bits >> 16) as u16) | 0x40;
+    bf16::from_bits(if x.is_nan() { nan } else { rounded })
+}
+
+struct RmsNormOp {
+    eps: f32,
+}
+
+impl CustomOp2 for RmsNormOp {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = Src::new(sx, lx, "rms-norm")?;
+        let weight = Src::new(sw, lw, "rms-norm")?.f32("weight")?;
+        let d = weight.len();
+        if lx.dims().last() != Some(&d) {
+            candle_core::bail!(
+                "rms-norm: x {:?} does not end in the weight's {d}",
+                lx.dims()
+            )
+        }
+        let eps = self.eps;
+        let out = map_rows(x.len() / d.max(1), d, x.dtype(), |r, row| {
+            x.read(r * d, row);
+            let inv = 1.0 / (lane_sum(row, |v| v * v) / d as f32 + eps).sqrt();
+            for (v, w) in row.iter_mut().zip(weight) {
+                *v *= inv * w;
+            }
+        })?;
+        Ok((out, lx.shape().clone()))
+    }
+}
+
+struct LayerNormOp {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = Src::new(sx, lx, "layer-norm")?;
+        let weight = Src::new(sw, lw, "layer-norm")?.f32("weight")?;
+        let bias = Src::new(sb, lb, "layer-norm")?.f32("bias")?;
+        let d = weight.len();
+        if lx.dims().last() != Some(&d) || bias.len() != d {
+            candle_core::bail!(
+                "layer-norm: x {:?}, weight and bias ({d},) do not fit",
+                lx.dims()
+            )
+        }
+        let eps = self.eps;
+        let out = map_rows(x.len() / d.max(1), d, DType::F32, |r, row| {
+            x.read(r * d, row);
+            let mean = lane_sum(row, |v| v) / d as f32;
+            let var = lane_sum(row, |v| (v - mean) * (v - mean)) / d as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            for ((v, w), b) in row.iter_mut().zip(weight).zip(bias) {
+                *v = (*v - mean) * inv * w + b;
+            }
+        })?;
+        Ok((out, lx.shape().clone()))
     }
 }
 
@@ -365,6 +489,27 @@ mod tests {
                 max_err(&got, &want)?
             );
 
+            let bias = Tensor::randn(0f32, 1., d, &dev)?;
+            let weight = (Tensor::randn(0f32, 1., d, &dev)? + 1.0)?;
+            let want = candle_nn::ops::layer_norm(&xd.to_dtype(DType::F32)?, &weight, &bias, eps)?;
+            let got = layer_norm(&xd, &weight, &bias, eps)?;
+            assert_eq!(got.dtype(), DType::F32);
+            assert!(
+                max_err(&got, &want)? <= 1e-5,
+                "layer norm {dtype:?}: {}",
+                max_err(&got, &want)?
+            );
+
+            let want = candle_nn::ops::rms_norm(&xd.to_dtype(DType::F32)?, &weight, eps)?
+                .to_dtype(dtype)?;
+            let got = rms_norm(&xd, &weight, eps)?;
+            assert_eq!(got.dtype(), dtype);
+            assert!(
+                max_err(&got, &want)? <= tol,
+                "rms norm {dtype:?}: {}",
+                max_err(&got, &want)?
+            );
+
             let got = gelu_tanh(&xd)?;
             let want = xd.gelu()?;
             assert_eq!(got.dtype(), dtype);
@@ -375,6 +520,30 @@ mod tests {
             );
         }
         Ok(())
+    }
+
+    #[test]
+    fn bf16_rounding_matches_the_half_crate() {
+        let mut bits = 0x1234_5678u32;
+        let specials = [
+            0.0,
+            -0.0,
+            1.0,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+            f32::INFINITY,
+            1e-40,
+        ];
+        for i in 0..200_000 {
+            bits = bits.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let x = specials.get(i).copied().unwrap_or(f32::from_bits(bits));
+            let (got, want) = (round_bf16(x), bf16::from_f32(x));
+            if x.is_nan() {
+                assert!(got.is_nan(), "{x:e} ({bits:#x})");
+            } else {
+                assert_eq!(got.to_bits(), want.to_bits(), "{x:e}");
+            }
+        }
     }
 
     #[test]

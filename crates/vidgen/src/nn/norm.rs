@@ -32,6 +32,9 @@ impl RmsNorm {
 
 impl Module for RmsNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if super::fused::applies(&[xs, &self.weight]) {
+            return super::fused::rms_norm(xs, &self.weight, self.eps);
+        }
         let dtype = xs.dtype();
         let xs = xs.to_dtype(DType::F32)?.contiguous()?;
         // candle's fused kernel has no backward pass: training takes the composite ops
@@ -104,6 +107,9 @@ impl LayerNorm {
 impl Module for LayerNorm {
     /// `(…, D)` in any float dtype → `(…, D)` f32.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if super::fused::applies(&[xs, &self.weight, &self.bias]) {
+            return super::fused::layer_norm(xs, &self.weight, &self.bias, self.eps);
+        }
         let xs = xs.to_dtype(DType::F32)?.contiguous()?;
         // candle's fused kernel has no backward pass: training takes the composite ops
         if xs.track_op() || self.weight.track_op() || self.bias.track_op() {
