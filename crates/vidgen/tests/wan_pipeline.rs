@@ -112,5 +112,8 @@ fn vae_tiling_decodes_large_frames_in_tiles() {
         .unwrap();
     println!("tiled vs whole frames: max abs diff {max}, mean {mean}");
     assert!(max > 0.0, "tiling changed nothing: not applied");
-    assert!(mean < 0.05, "tiled frames far from the whole decode: mean abs diff {mean}");
+    assert!(
+        mean < 0.05,
+        "tiled frames far from the whole decode: mean abs diff {mean}"
+    );
 }
