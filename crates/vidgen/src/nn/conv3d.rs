@@ -675,10 +675,10 @@ mod tests {
 
     #[test]
     fn winograd_bands_and_caches_do_not_change_the_result() -> Result<()> {
-        // tall enough for several bands of tile rows; two parts (cache, chunk) as the VAE feeds
-        let (c, c_out, h, w) = (24, 20, 720, 61);
-        let tiles_w = (w + 1) / 2;
-        assert!(tiles_w * 16 * 4 * c * h / 2 > winograd::SCRATCH_BUDGET);
+        // tall enough for several bands of F(4x4) tile rows (4 input frames, 36 positions each);
+        // two parts (cache, chunk) as the VAE feeds them
+        let (c, c_out, h, w): (usize, usize, usize, usize) = (24, 20, 720, 61);
+        assert!(w.div_ceil(4) * h.div_ceil(4) * 36 * 4 * c > winograd::SCRATCH_BUDGET);
         let x = rand(&[1, 4, h, w, c], 31)?; // (B, T, H, W, C)
         let wt = rand(&[c_out, c, 3, 3, 3], 32)?;
         let conv = Conv3d::new(wt, Some(rand(&[c_out], 33)?), (1, 1, 1), (1, 1, 1))?;
