@@ -235,8 +235,9 @@ impl Conv3d {
         let on_cpu = self.w_mat.device().is_cpu();
         // the CPU im2col op has no backward pass: a graph being trained takes the candle ops
         let training = self.w_mat.track_op() || parts.iter().any(|p| p.track_op());
-        let cpu_op = on_cpu && !generic && !training && parts.len() <= 2;
-        if cpu_op && self.winograd_applies(parts) {
+        // Winograd takes any number of parts (the replicate-padded first chunks of CogVideoX and
+        // LTX-Video come as three or more); the CPU im2col op one or two
+        if on_cpu && !generic && !training && self.winograd_applies(parts) {
             let shapes = winograd::Shapes {
                 t_in,
                 h,
@@ -249,6 +250,7 @@ impl Conv3d {
             };
             return self.conv_winograd(parts, shapes);
         }
+        let cpu_op = on_cpu && !generic && !training && parts.len() <= 2;
         let candle_ops = if cpu_op {
             None
         } else {
@@ -694,6 +696,21 @@ mod tests {
         let d = max_diff(&fast, &generic)?;
         let scale = generic.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(d <= 1e-5 * scale, "max abs diff {d}, outputs up to {scale}");
+        Ok(())
+    }
+
+    #[test]
+    fn winograd_takes_replicated_first_frames_as_parts() -> Result<()> {
+        // CogVideoX / LTX-Video pad a first chunk with copies of its first frame: three parts
+        let x = rand(&[1, 3, 9, 10, 6], 41)?; // (B, T, H, W, C)
+        let first = x.narrow(1, 0, 1)?;
+        let conv = Conv3d::new(rand(&[5, 6, 3, 3, 3], 42)?, None, (1, 1, 1), (0, 1, 1))?;
+        let pad = Padding3d::symmetric((0, 1, 1));
+        let parts = [&first, &first, &x];
+        let fast = conv.forward_parts(&parts, pad, false)?;
+        let generic = conv.forward_parts(&parts, pad, true)?;
+        assert_eq!(fast.dims(), &[1, 3, 9, 10, 5]);
+        assert!(max_diff(&fast, &generic)? <= 1e-5);
         Ok(())
     }
 
