@@ -237,7 +237,8 @@ impl Conv3d {
         let training = self.w_mat.track_op() || parts.iter().any(|p| p.track_op());
         // Winograd takes any number of parts (the replicate-padded first chunks of CogVideoX and
         // LTX-Video come as three or more); the CPU im2col op one or two
-        if on_cpu && !generic && !training && self.winograd_applies(parts) {
+        let empty = h * w * c * c_out == 0;
+        if on_cpu && !generic && !training && !empty && self.winograd_applies(parts) {
             let shapes = winograd::Shapes {
                 t_in,
                 h,
