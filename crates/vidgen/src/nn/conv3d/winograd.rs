@@ -1,6 +1,6 @@
 //! The CPU path of [`Conv3d`](super::Conv3d) for 3x3 spatial kernels at spatial stride 1 —
-//! every conv of the Wan VAE's residual blocks, its `conv_in` / `conv_out` and the 2D convs after
-//! its up-samplers: Winograd's minimal filtering F(m x m, 3x3) (Lavin & Gray, "Fast Algorithms
+//! the VAEs' residual-block convs, their `conv_in` / `conv_out` and the 2D convs after their
+//! up-samplers (Wan, LTX-Video, CogVideoX): Winograd's minimal filtering F(m x m, 3x3) (Lavin & Gray, "Fast Algorithms
 //! for Convolutional Neural Networks", 2016), with the temporal taps folded into the matmul depth.
 //!
 //! Each m x m block ("tile") of output pixels reads an `(m + 2)²` patch `d` of every input frame.
