@@ -165,20 +165,13 @@ fn fused_cpu(
     Tensor::from_vec(out, (b, h, n, d), q.device())
 }
 
-/// Calls `f` with the data of a contiguous f32 CPU tensor.
+/// Calls `f` with the data of a contiguous CPU tensor.
 fn with_cpu_slice<T: candle_core::WithDType, R>(
     t: &Tensor,
     f: impl FnOnce(&[T]) -> Result<R>,
 ) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        candle_core::Storage::Cpu(cpu) => {
-            let data = cpu.as_slice::<T>()?;
-            let start = layout.start_offset();
-            f(&data[start..start + t.elem_count()])
-        }
-        _ => bail!("with_cpu_slice: not a CPU tensor"),
-    }
+    f(super::cpu_slice(&storage, layout, t.elem_count())?)
 }
 
 /// Reference attention with the whole score matrix; the oracle for tests.

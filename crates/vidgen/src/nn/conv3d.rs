@@ -348,26 +348,13 @@ impl Conv3d {
         };
         let guards: Vec<_> = parts.iter().map(|p| p.storage_and_layout()).collect();
         let (w_guard, w_layout) = w_mat.storage_and_layout();
-        fn cpu_f32<'a>(
-            storage: &'a candle_core::Storage,
-            layout: &Layout,
-            len: usize,
-        ) -> Result<&'a [f32]> {
-            match storage {
-                candle_core::Storage::Cpu(cpu) => {
-                    let start = layout.start_offset();
-                    Ok(&cpu.as_slice::<f32>()?[start..start + len])
-                }
-                _ => candle_core::bail!("conv3d winograd: not a CPU tensor"),
-            }
-        }
         let frame_len = shapes.h * shapes.w * shapes.c;
         let mut frames = Vec::with_capacity(shapes.t_in);
         for ((g, l), p) in guards.iter().zip(&parts) {
-            let data = cpu_f32(g, l, p.elem_count())?;
+            let data = super::cpu_slice::<f32>(g, l, p.elem_count())?;
             frames.extend(data.chunks_exact(frame_len));
         }
-        let w = cpu_f32(&w_guard, w_layout, w_mat.elem_count())?;
+        let w = super::cpu_slice::<f32>(&w_guard, w_layout, w_mat.elem_count())?;
         let y = winograd::conv(&frames, w, bias.as_deref(), shapes);
         let (t_out, h_out, w_out) = shapes.output();
         Tensor::from_vec(y, (t_out, h_out, w_out, shapes.c_out), w_mat.device())?.to_dtype(dtype)

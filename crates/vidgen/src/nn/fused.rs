@@ -222,9 +222,7 @@ impl CustomOp3 for ModulatedNorm {
         let eps = self.eps;
         let out = map_rows(b * n, d, self.dtype, |r, row| {
             x.read(r * d, row);
-            let mean = lane_sum(row, |v| v) / d as f32;
-            let var = lane_sum(row, |v| (v - mean) * (v - mean)) / d as f32;
-            let inv = 1.0 / (var + eps).sqrt();
+            let (mean, inv) = mean_inv_std(row, eps);
             let bi = r / n;
             let (sh, sc) = (&shift[bi * d..(bi + 1) * d], &scale[bi * d..(bi + 1) * d]);
             for ((v, sh), sc) in row.iter_mut().zip(sh).zip(sc) {
@@ -249,6 +247,15 @@ fn lane_sum(row: &[f32], f: impl Fn(f32) -> f32) -> f32 {
         }
     }
     lanes.iter().sum::<f32>() + tail
+}
+
+/// A row's mean and `1 / sqrt(var + eps)` (biased variance), as a layer norm takes them.
+#[inline(always)]
+fn mean_inv_std(row: &[f32], eps: f32) -> (f32, f32) {
+    let d = row.len() as f32;
+    let mean = lane_sum(row, |v| v) / d;
+    let var = lane_sum(row, |v| (v - mean) * (v - mean)) / d;
+    (mean, 1.0 / (var + eps).sqrt())
 }
 
 /// f32 -> bf16, round to nearest even (as `bf16::from_f32`), without branches so that loops
@@ -329,9 +336,7 @@ impl CustomOp3 for LayerNormOp {
         let eps = self.eps;
         let out = map_rows(x.len() / d.max(1), d, DType::F32, |r, row| {
             x.read(r * d, row);
-            let mean = lane_sum(row, |v| v) / d as f32;
-            let var = lane_sum(row, |v| (v - mean) * (v - mean)) / d as f32;
-            let inv = 1.0 / (var + eps).sqrt();
+            let (mean, inv) = mean_inv_std(row, eps);
             for ((v, w), b) in row.iter_mut().zip(weight).zip(bias) {
                 *v = (*v - mean) * inv * w + b;
             }
