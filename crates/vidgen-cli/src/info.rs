@@ -49,7 +49,7 @@ pub fn run_init(args: InitArgs) -> Result<()> {
     if args.list {
         for name in presets::NAMES {
             let preset = presets::preset(name)?;
-            println!("{name:<14} {}", preset.description);
+            println!("{name:<17} {}", preset.description);
         }
         return Ok(());
     }

@@ -47,11 +47,23 @@ struct DitState {
     vae: AutoencoderKlWan,
     text: WanPipeline,
     max_len: usize,
-    /// Normalised latents `(1, C, T, h, w)` by (bucket size, clip index).
-    latents: HashMap<([usize; 3], usize), Tensor>,
+    /// Each clip drawn so far, encoded: by (bucket size, clip index).
+    encoded: HashMap<([usize; 3], usize), EncodedClip>,
     /// Text states `(1, L, D_text)` by caption.
     texts: HashMap<String, Tensor>,
 }
+
+/// A clip as the DiT trains on it: normalised VAE latents `(1, C, T, h, w)` and its caption.
+struct EncodedClip {
+    latents: Tensor,
+    caption: String,
+}
+
+/// A DiT run encodes its clips in fixed groups (`index / group`) of about this many pixels (16
+/// clips of 17x64x64; at least 1, at most 16 clips), one VAE batch per group rather than one
+/// clip at a time. A clip's group does not depend on which step first asked for it, so its
+/// latents are the same bits in a resumed run as in an uninterrupted one.
+const ENCODE_GROUP_PIXELS: usize = 16 * 17 * 64 * 64;
 
 enum PartState {
     Vae(Box<AutoencoderKlWanConfig>),
@@ -161,7 +173,7 @@ impl Trainer {
                     vae,
                     text,
                     max_len,
-                    latents: HashMap::new(),
+                    encoded: HashMap::new(),
                     texts: HashMap::new(),
                 }))
             }
@@ -334,16 +346,21 @@ impl Trainer {
     /// Rectified flow: `x_σ = (1 - σ)·x₀ + σ·ε`, the DiT predicts `ε - x₀` at `t = 1000σ`
     /// (the velocity the flow schedulers integrate); mean squared error.
     fn dit_loss(&mut self, plan: &BatchPlan) -> Result<Tensor> {
-        let clips = self.clips(plan)?;
         let PartState::Dit(state) = &mut self.part else {
             unreachable!("dit_loss on a VAE run")
         };
-        let mut latents = Vec::with_capacity(clips.len());
-        let mut texts = Vec::with_capacity(clips.len());
-        for ((clip, &index), &drop) in clips.iter().zip(&plan.clips).zip(&plan.drop_caption) {
-            latents.push(state.latents_of(clip, index, &self.device)?);
-            let caption = if drop { "" } else { clip.caption.as_str() };
-            texts.push(state.text_of(caption, &self.device)?);
+        state.encode_missing(self.source.as_ref(), plan, &self.device)?;
+        let mut latents = Vec::with_capacity(plan.clips.len());
+        let mut texts = Vec::with_capacity(plan.clips.len());
+        for (&index, &drop) in plan.clips.iter().zip(&plan.drop_caption) {
+            let clip = &state.encoded[&(plan.size, index)];
+            latents.push(clip.latents.clone());
+            let caption = if drop {
+                String::new()
+            } else {
+                clip.caption.clone()
+            };
+            texts.push(state.text_of(&caption, &self.device)?);
         }
         let x0 = Tensor::cat(&latents, 0)?;
         let text = Tensor::cat(&texts, 0)?;
@@ -381,15 +398,56 @@ impl Trainer {
 }
 
 impl DitState {
-    fn latents_of(&mut self, clip: &TrainClip, index: usize, device: &Device) -> Result<Tensor> {
-        let key = (clip.size, index);
-        if let Some(t) = self.latents.get(&key) {
-            return Ok(t.clone());
+    /// Draws and encodes the groups of clips that hold a clip of `plan` not encoded yet: the
+    /// clips drawn in parallel, each group encoded as one batch.
+    fn encode_missing(
+        &mut self,
+        source: &dyn ClipSource,
+        plan: &BatchPlan,
+        device: &Device,
+    ) -> Result<()> {
+        use rayon::prelude::*;
+        let size = plan.size;
+        let group = (ENCODE_GROUP_PIXELS / size.iter().product::<usize>()).clamp(1, 16);
+        let mut groups: Vec<usize> = plan
+            .clips
+            .iter()
+            .filter(|&&i| !self.encoded.contains_key(&(size, i)))
+            .map(|&i| i / group)
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let indices: Vec<usize> = groups
+            .iter()
+            .flat_map(|&g| g * group..((g + 1) * group).min(source.len()))
+            .collect();
+        let clips: Vec<TrainClip> = indices
+            .par_iter()
+            .map(|&i| source.clip(i, size))
+            .collect::<Result<_>>()?;
+        let mut start = 0;
+        for g in groups {
+            let n = indices[start..]
+                .iter()
+                .take_while(|&&i| i / group == g)
+                .count();
+            let batch = &clips[start..start + n];
+            let inputs = batch
+                .iter()
+                .map(|c| c.to_vae_input(device))
+                .collect::<Result<Vec<_>>>()?;
+            let mean = self.vae.encode(&Tensor::cat(&inputs, 0)?)?.mean;
+            let latents = self.vae.normalize_latents(&mean)?;
+            for (k, clip) in batch.iter().enumerate() {
+                let encoded = EncodedClip {
+                    latents: latents.narrow(0, k, 1)?.contiguous()?,
+                    caption: clip.caption.clone(),
+                };
+                self.encoded.insert((size, indices[start + k]), encoded);
+            }
+            start += n;
         }
-        let mean = self.vae.encode(&clip.to_vae_input(device)?)?.mean;
-        let latents = self.vae.normalize_latents(&mean)?;
-        self.latents.insert(key, latents.clone());
-        Ok(latents)
+        Ok(())
     }
 
     /// The caption's text states on `device`: the frozen text encoder runs on the CPU, once

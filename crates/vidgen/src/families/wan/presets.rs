@@ -9,7 +9,7 @@ use crate::text::Umt5Config;
 use crate::{Error, Result};
 
 /// Preset names, smallest first.
-pub const NAMES: &[&str] = &["tiny", "tiny-world", "wan2.1-1.3b"];
+pub const NAMES: &[&str] = &["tiny", "tiny-world", "tiny-world-large", "wan2.1-1.3b"];
 
 /// Everything needed to write a model folder of one size.
 #[derive(Debug, Clone)]
@@ -97,41 +97,17 @@ pub fn preset(name: &str) -> Result<WanPreset> {
         // The architecture of the built-in model (models/tiny-world), trained by `vidgen train`
         // on the procedural world: a 4x spatial, 4x temporal VAE to 8 channels (17x64x64 ->
         // 5x16x16 latents, 320 tokens with patch 1x2x2) and a 6-layer, 128-wide DiT.
-        "tiny-world" => Ok(WanPreset {
-            description: "the built-in model's architecture (~2M parameters), for `vidgen train`",
-            transformer: from_json(json!({
-                "patch_size": [1, 2, 2], "num_attention_heads": 4, "attention_head_dim": 32,
-                "in_channels": 8, "out_channels": 8, "text_dim": 64, "freq_dim": 64,
-                "ffn_dim": 512, "num_layers": 6, "cross_attn_norm": true,
-                "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "rope_max_seq_len": 1024,
-            }))?,
-            vae: from_json(json!({
-                "base_dim": 16, "z_dim": 8, "dim_mult": [1, 2, 4], "num_res_blocks": 1,
-                "attn_scales": [], "temperal_downsample": [true, true], "dropout": 0.0,
-                "latents_mean": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
-                "latents_std": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
-                "scale_factor_temporal": 4, "scale_factor_spatial": 4,
-            }))?,
-            text_encoder: from_json(json!({
-                "vocab_size": 0, "d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2,
-                "num_heads": 4, "relative_attention_num_buckets": 32,
-                "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
-                "dropout_rate": 0.0, "is_encoder_decoder": false, "use_cache": false,
-            }))?,
-            own_tokenizer: true,
-            text_encoder_dtype: candle_core::DType::F32,
-            scheduler: wan_unipc_scheduler(2.0),
-            defaults: ModelDefaults {
-                num_frames: 17,
-                height: 64,
-                width: 64,
-                num_inference_steps: 10,
-                guidance_scale: 4.0,
-                fps: 8,
-                max_sequence_length: 32,
-                negative_prompt: String::new(),
-            },
-        }),
+        "tiny-world" => tiny_world(
+            "the built-in model's architecture (~2M parameters), for `vidgen train`",
+            6,
+            4,
+        ),
+        // The same VAE and text encoder with an 8-layer, 192-wide DiT (~5M parameters).
+        "tiny-world-large" => tiny_world(
+            "tiny-world with an 8-layer, 192-wide DiT (~5M parameters), for `vidgen train`",
+            8,
+            6,
+        ),
         // Wan-AI/Wan2.1-T2V-1.3B-Diffusers: transformer/config.json, vae/config.json,
         // text_encoder/config.json (UMT5-XXL) of that repository.
         "wan2.1-1.3b" => Ok(WanPreset {
@@ -164,4 +140,44 @@ pub fn preset(name: &str) -> Result<WanPreset> {
             supported: NAMES.join(", "),
         }),
     }
+}
+
+/// The procedural world's architecture with a DiT of `layers` blocks of `heads` heads of 32
+/// channels (FFN 4x the width).
+fn tiny_world(description: &'static str, layers: usize, heads: usize) -> Result<WanPreset> {
+    Ok(WanPreset {
+        description,
+        transformer: from_json(json!({
+            "patch_size": [1, 2, 2], "num_attention_heads": heads, "attention_head_dim": 32,
+            "in_channels": 8, "out_channels": 8, "text_dim": 64, "freq_dim": 64,
+            "ffn_dim": 128 * heads, "num_layers": layers, "cross_attn_norm": true,
+            "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "rope_max_seq_len": 1024,
+        }))?,
+        vae: from_json(json!({
+            "base_dim": 16, "z_dim": 8, "dim_mult": [1, 2, 4], "num_res_blocks": 1,
+            "attn_scales": [], "temperal_downsample": [true, true], "dropout": 0.0,
+            "latents_mean": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            "latents_std": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+            "scale_factor_temporal": 4, "scale_factor_spatial": 4,
+        }))?,
+        text_encoder: from_json(json!({
+            "vocab_size": 0, "d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2,
+            "num_heads": 4, "relative_attention_num_buckets": 32,
+            "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
+            "dropout_rate": 0.0, "is_encoder_decoder": false, "use_cache": false,
+        }))?,
+        own_tokenizer: true,
+        text_encoder_dtype: candle_core::DType::F32,
+        scheduler: wan_unipc_scheduler(2.0),
+        defaults: ModelDefaults {
+            num_frames: 17,
+            height: 64,
+            width: 64,
+            num_inference_steps: 10,
+            guidance_scale: 4.0,
+            fps: 8,
+            max_sequence_length: 32,
+            negative_prompt: String::new(),
+        },
+    })
 }
