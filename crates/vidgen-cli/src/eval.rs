@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use vidgen::checkpoint::Weights;
 use vidgen::data::{sample_clip, Split, WorldSpec};
+use vidgen::eval::similarity::psnr;
 use vidgen::eval::{score_clip, summarize, ClipScore, Summary};
 use vidgen::families::wan::vae::{AutoencoderKlWan, AutoencoderKlWanConfig};
 use vidgen::noise::NoiseRng;
@@ -114,6 +115,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
 
     let started = Instant::now();
+    // --reconstruct: the round trip's PSNR against the world's clip, summed by frame index
+    let mut psnr_sums = vec![0.0; spec.num_frames];
     let mut scores: Vec<ClipScore> = Vec::with_capacity(args.count);
     let mut per_clip = Vec::with_capacity(args.count);
     for i in 0..args.count {
@@ -121,7 +124,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let clip = sample_clip(&spec, seed, split);
         let clip_started = Instant::now();
         let (video, (f, h, w)) = if args.ground_truth {
-            (clip.video, (spec.num_frames, spec.height, spec.width))
+            (
+                clip.video.clone(),
+                (spec.num_frames, spec.height, spec.width),
+            )
         } else if args.noise {
             let mut rng = NoiseRng::new(seed);
             let n = spec.num_frames * spec.height * spec.width * 3;
@@ -140,13 +146,21 @@ pub fn run(args: EvalArgs) -> Result<()> {
         };
         let seconds = clip_started.elapsed().as_secs_f64();
         let score = score_clip(&video, f, h, w, &clip.truth);
-        per_clip.push(serde_json::json!({
+        let mut entry = serde_json::json!({
             "seed": seed,
             "caption": clip.caption,
             "scene": clip.truth.scene,
             "seconds": seconds,
             "score": score,
-        }));
+        });
+        if vae.is_some() {
+            let psnrs = frame_psnr(&clip.video, &video, f);
+            for (sum, p) in psnr_sums.iter_mut().zip(&psnrs) {
+                *sum += p;
+            }
+            entry["frame_psnr_db"] = psnrs.into();
+        }
+        per_clip.push(entry);
         scores.push(score);
         if mode == "model" {
             eprintln!(
@@ -161,7 +175,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let seconds_per_clip = started.elapsed().as_secs_f64() / args.count.max(1) as f64;
     let summary = summarize(&scores);
     print_table(mode, &summary, seconds_per_clip);
-    let record = serde_json::json!({
+    let mut record = serde_json::json!({
         "mode": mode,
         "model": args.model,
         "spec": spec,
@@ -171,6 +185,18 @@ pub fn run(args: EvalArgs) -> Result<()> {
         "seconds_per_clip": seconds_per_clip,
         "summary": summary,
     });
+    if vae.is_some() {
+        let means: Vec<f64> = psnr_sums
+            .iter()
+            .map(|s| s / args.count.max(1) as f64)
+            .collect();
+        let list: Vec<String> = means.iter().map(|p| format!("{p:.1}")).collect();
+        println!(
+            "round-trip PSNR by frame (dB, mean over clips): {}",
+            list.join(" ")
+        );
+        record["frame_psnr_db"] = means.into();
+    }
     if let Some(path) = &args.json {
         let mut full = record.clone();
         full["clips"] = per_clip.into();
@@ -229,6 +255,15 @@ fn round_trip(
         + 1.0)?
         * 0.5)?;
     Ok(frames.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// PSNR (dB) of each of the `frames` frames of `decoded` against `truth`, both `(F, H, W, 3)`
+/// in [0, 1]; a perfect frame counts as 100 dB, so that means stay finite.
+fn frame_psnr(truth: &[f32], decoded: &[f32], frames: usize) -> Vec<f64> {
+    let n = truth.len() / frames.max(1);
+    (0..frames)
+        .map(|t| psnr(&truth[t * n..(t + 1) * n], &decoded[t * n..(t + 1) * n]).min(100.0))
+        .collect()
 }
 
 /// One video of `caption`: `(F, H, W, 3)` pixels and their sizes.
