@@ -535,7 +535,7 @@ fn run_wan(
                         AutoencoderKlWan::decoder_only(&vae_cfg, vb)
                     }
                 })?;
-                vae.set_tiling(args.vae_tiling.then(Default::default));
+                vae.enable_tiling(args.vae_tiling);
                 if encode {
                     return job(vae, random_video(args, dtype)?, |vae, x| vae.encode(x));
                 }
@@ -615,7 +615,7 @@ fn run_ltx(
                 let mut vae = model(&source, "vae", 1, dtype, None, |vb| {
                     AutoencoderKlLtxVideo::new(&vae_cfg, vb)
                 })?;
-                vae.set_tiling(args.vae_tiling.then(Default::default));
+                vae.enable_tiling(args.vae_tiling);
                 if encode {
                     return job(vae, random_video(args, dtype)?, |vae, x| vae.encode(x));
                 }
@@ -692,8 +692,7 @@ fn run_cogvideox(
                 let mut vae = model(&source, "vae", 1, dtype, None, |vb| {
                     AutoencoderKlCogVideoX::new(&vae_cfg, vb)
                 })?;
-                let tiling = vidgen::families::cogvideox::vae::TilingConfig::for_config(&vae_cfg);
-                vae.set_tiling(args.vae_tiling.then_some(tiling));
+                vae.enable_tiling(args.vae_tiling);
                 if encode {
                     return job(vae, random_video(args, dtype)?, |vae, x| vae.encode(x));
                 }

@@ -25,7 +25,7 @@ use candle_core::{DType, Tensor};
 
 use super::config::CogVideoXTransformerConfig;
 use super::transformer::CogVideoXTransformer3D;
-use super::vae::{AutoencoderKlCogVideoX, AutoencoderKlCogVideoXConfig, TilingConfig};
+use super::vae::{AutoencoderKlCogVideoX, AutoencoderKlCogVideoXConfig};
 use crate::checkpoint::{class_name, read_json, resolve_model_dir};
 use crate::nn::step_cache::FirstBlockCache;
 use crate::pipeline::{
@@ -548,9 +548,7 @@ impl CogVideoXPipeline {
             build_component(&self.dir, "vae", self.opts.dtype, &self.opts.device, |vb| {
                 AutoencoderKlCogVideoX::new(&cfg, vb)
             })?;
-        if self.opts.vae_tiling {
-            vae.set_tiling(Some(TilingConfig::for_config(&cfg)));
-        }
+        vae.enable_tiling(self.opts.vae_tiling);
         Ok(vae)
     }
 

@@ -254,6 +254,12 @@ impl AutoencoderKlCogVideoX {
         self.tiling = tiling;
     }
 
+    /// Turns spatial tiling with the reference's tiles (half the sample size, overlapping by
+    /// 1/6 and 1/5) on or off, as diffusers' `enable_tiling()` / `disable_tiling()`.
+    pub fn enable_tiling(&mut self, on: bool) {
+        self.set_tiling(on.then(|| TilingConfig::for_config(&self.config)));
+    }
+
     /// The tiling in use, if any.
     pub fn tiling(&self) -> Option<TilingConfig> {
         self.tiling

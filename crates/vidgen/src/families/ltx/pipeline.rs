@@ -18,7 +18,7 @@ use candle_core::{DType, Tensor};
 use super::config::LtxVideoTransformer3DConfig;
 use super::rope::rope_interpolation_scale;
 use super::transformer::{LtxTransformerInputs, LtxVideoTransformer3D};
-use super::vae::{AutoencoderKlLtxVideo, AutoencoderKlLtxVideoConfig, TilingConfig};
+use super::vae::{AutoencoderKlLtxVideo, AutoencoderKlLtxVideoConfig};
 use crate::checkpoint::{class_name, resolve_model_dir};
 use crate::nn::step_cache::FirstBlockCache;
 use crate::pipeline::{
@@ -568,9 +568,7 @@ impl LtxPipeline {
             build_component(&self.dir, "vae", self.opts.dtype, &self.opts.device, |vb| {
                 AutoencoderKlLtxVideo::new(&cfg, vb)
             })?;
-        if self.opts.vae_tiling {
-            vae.set_tiling(Some(TilingConfig::default()));
-        }
+        vae.enable_tiling(self.opts.vae_tiling);
         Ok(vae)
     }
 

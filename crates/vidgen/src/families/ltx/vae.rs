@@ -324,6 +324,12 @@ impl AutoencoderKlLtxVideo {
         self.tiling = tiling;
     }
 
+    /// Turns spatial tiling with the reference's tiles (512 px every 448) on or off, as diffusers'
+    /// `enable_tiling()` / `disable_tiling()`.
+    pub fn enable_tiling(&mut self, on: bool) {
+        self.set_tiling(on.then(TilingConfig::default));
+    }
+
     /// The tiling in use, if any.
     pub fn tiling(&self) -> Option<TilingConfig> {
         self.tiling

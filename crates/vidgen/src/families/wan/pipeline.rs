@@ -11,7 +11,7 @@ use candle_core::{DType, Tensor};
 
 use super::config::{WanPipelineIndex, WanTransformerConfig};
 use super::transformer::WanTransformer3D;
-use super::vae::{AutoencoderKlWan, AutoencoderKlWanConfig, TilingConfig};
+use super::vae::{AutoencoderKlWan, AutoencoderKlWanConfig};
 use crate::checkpoint::{read_json, resolve_model_dir};
 use crate::nn::step_cache::FirstBlockCache;
 use crate::pipeline::{
@@ -457,9 +457,7 @@ impl WanPipeline {
                 AutoencoderKlWan::decoder_only(&cfg, vb)
             })?
         };
-        if self.opts.vae_tiling {
-            vae.set_tiling(Some(TilingConfig::default()));
-        }
+        vae.enable_tiling(self.opts.vae_tiling);
         Ok(vae)
     }
 

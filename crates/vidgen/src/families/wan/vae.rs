@@ -315,6 +315,12 @@ impl AutoencoderKlWan {
         self.tiling = tiling;
     }
 
+    /// Turns spatial tiling with the reference's tiles (256 px every 192) on or off, as diffusers'
+    /// `enable_tiling()` / `disable_tiling()`.
+    pub fn enable_tiling(&mut self, on: bool) {
+        self.set_tiling(on.then(TilingConfig::default));
+    }
+
     /// The tiling in use, if any.
     pub fn tiling(&self) -> Option<TilingConfig> {
         self.tiling
