@@ -123,21 +123,19 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let seed = args.seed + i as u64;
         let clip = sample_clip(&spec, seed, split);
         let clip_started = Instant::now();
+        // --reconstruct only: PSNR of each decoded frame against the clip's
+        let mut psnrs = None;
         let (video, (f, h, w)) = if args.ground_truth {
-            (
-                clip.video.clone(),
-                (spec.num_frames, spec.height, spec.width),
-            )
+            (clip.video, (spec.num_frames, spec.height, spec.width))
         } else if args.noise {
             let mut rng = NoiseRng::new(seed);
             let n = spec.num_frames * spec.height * spec.width * 3;
             let noise = (0..n).map(|_| rng.uniform() as f32).collect();
             (noise, (spec.num_frames, spec.height, spec.width))
         } else if let Some((vae, dtype, device)) = &vae {
-            (
-                round_trip(vae, &clip.video, &spec, *dtype, device)?,
-                (spec.num_frames, spec.height, spec.width),
-            )
+            let decoded = round_trip(vae, &clip.video, &spec, *dtype, device)?;
+            psnrs = Some(frame_psnr(&clip.video, &decoded, spec.num_frames));
+            (decoded, (spec.num_frames, spec.height, spec.width))
         } else {
             let pipeline = pipeline
                 .as_mut()
@@ -153,8 +151,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             "seconds": seconds,
             "score": score,
         });
-        if vae.is_some() {
-            let psnrs = frame_psnr(&clip.video, &video, f);
+        if let Some(psnrs) = psnrs {
             for (sum, p) in psnr_sums.iter_mut().zip(&psnrs) {
                 *sum += p;
             }

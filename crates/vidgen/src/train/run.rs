@@ -417,35 +417,31 @@ impl DitState {
             .collect();
         groups.sort_unstable();
         groups.dedup();
-        let indices: Vec<usize> = groups
+        let ranges: Vec<_> = groups
             .iter()
-            .flat_map(|&g| g * group..((g + 1) * group).min(source.len()))
+            .map(|&g| g * group..((g + 1) * group).min(source.len()))
             .collect();
+        let indices: Vec<usize> = ranges.iter().cloned().flatten().collect();
         let clips: Vec<TrainClip> = indices
             .par_iter()
             .map(|&i| source.clip(i, size))
             .collect::<Result<_>>()?;
-        let mut start = 0;
-        for g in groups {
-            let n = indices[start..]
-                .iter()
-                .take_while(|&&i| i / group == g)
-                .count();
-            let batch = &clips[start..start + n];
+        let mut clips = clips.into_iter();
+        for range in ranges {
+            let batch: Vec<TrainClip> = clips.by_ref().take(range.len()).collect();
             let inputs = batch
                 .iter()
                 .map(|c| c.to_vae_input(device))
                 .collect::<Result<Vec<_>>>()?;
             let mean = self.vae.encode(&Tensor::cat(&inputs, 0)?)?.mean;
             let latents = self.vae.normalize_latents(&mean)?;
-            for (k, clip) in batch.iter().enumerate() {
+            for (k, (index, clip)) in range.zip(batch).enumerate() {
                 let encoded = EncodedClip {
                     latents: latents.narrow(0, k, 1)?.contiguous()?,
-                    caption: clip.caption.clone(),
+                    caption: clip.caption,
                 };
-                self.encoded.insert((size, indices[start + k]), encoded);
+                self.encoded.insert((size, index), encoded);
             }
-            start += n;
         }
         Ok(())
     }
