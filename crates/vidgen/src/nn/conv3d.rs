@@ -32,6 +32,10 @@ pub const CACHE_T: usize = 2;
 /// Most im2col elements built at once (per band of output rows); bounds the conv's scratch memory.
 const IM2COL_BUDGET: usize = 1 << 22;
 
+/// Largest column matrix (bytes) a GPU builds for one whole-batch im2col; bigger convolutions
+/// take the band-wise path.
+const DEVICE_IM2COL_BYTES: usize = 2 << 30;
+
 /// Zero padding `(before, after)` on each convolved axis.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Padding3d {
@@ -197,6 +201,15 @@ impl Conv3d {
         if training && !generic {
             return train::conv3d_train(self, parts, pad);
         }
+        // On a GPU one whole-batch im2col and matmul (a few dozen kernels) is far faster than
+        // the band-wise path's matmul per batch element, band and output frame (thousands of
+        // small launches), when its column matrix fits.
+        if !first.device().is_cpu()
+            && !generic
+            && self.cols_bytes(parts, pad)? <= DEVICE_IM2COL_BYTES
+        {
+            return train::conv3d_train(self, parts, pad);
+        }
         let outs = (0..b)
             .map(|i| {
                 let frames = parts.iter().map(|p| p.i(i)).collect::<Result<Vec<_>>>()?;
@@ -205,6 +218,20 @@ impl Conv3d {
             })
             .collect::<Result<Vec<_>>>()?;
         Tensor::stack(&outs, 0)
+    }
+
+    /// Bytes of the whole-batch im2col matrix `(B T' H' W', kt kh kw C_in)` of `parts` padded
+    /// by `pad` (0 when the padded input is smaller than the kernel: the conv then fails).
+    fn cols_bytes(&self, parts: &[&Tensor], pad: Padding3d) -> Result<usize> {
+        let ((kt, kh, kw), (st, sh, sw)) = (self.kernel, self.stride);
+        let (b, _, h, w, c) = parts[0].dims5()?;
+        let t: usize = parts.iter().map(|p| p.dim(1)).sum::<Result<usize>>()?;
+        let out = |n: usize, k: usize, s: usize| n.checked_sub(k).map_or(0, |d| d / s + 1);
+        let rows = b
+            * out(t + pad.t.0 + pad.t.1, kt, st)
+            * out(h + pad.h.0 + pad.h.1, kh, sh)
+            * out(w + pad.w.0 + pad.w.1, kw, sw);
+        Ok(rows * kt * kh * kw * c * self.w_mat.dtype().size_in_bytes())
     }
 
     /// One batch element: `parts` each `(T_i, H, W, C_in)` -> `(T', H', W', C_out)`. On the CPU
@@ -699,6 +726,25 @@ mod tests {
         let generic = conv.forward_parts(&parts, pad, true)?;
         assert_eq!(fast.dims(), &[1, 3, 9, 10, 5]);
         assert!(max_diff(&fast, &generic)? <= 1e-5);
+        Ok(())
+    }
+
+    #[test]
+    fn whole_batch_column_bytes_follow_the_output_grid() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::zeros((5, 3, 3, 3, 3), DType::F32, &dev)?;
+        let conv = Conv3d::new(w, None, (1, 2, 2), (0, 1, 1))?;
+        let x = Tensor::zeros((2, 4, 6, 7, 3), DType::F32, &dev)?;
+        let pad = Padding3d {
+            t: (2, 0),
+            h: (1, 1),
+            w: (1, 1),
+        };
+        // T' = 4, H' = 3, W' = 4 (stride 2 over 8 and 9): rows 2·4·3·4, columns 27·3, f32
+        assert_eq!(conv.cols_bytes(&[&x], pad)?, 2 * 4 * 3 * 4 * 81 * 4);
+        let tiny = Padding3d::default();
+        let short = Tensor::zeros((1, 2, 6, 7, 3), DType::F32, &dev)?;
+        assert_eq!(conv.cols_bytes(&[&short], tiny)?, 0);
         Ok(())
     }
 

@@ -80,6 +80,67 @@ pub struct Trainer {
     part: PartState,
     /// `(step, mean loss)` of every step so far.
     pub history: Vec<(usize, f64)>,
+    /// `VIDGEN_TRAIN_TIMING=1`: where the steps' time goes.
+    clock: Option<PhaseClock>,
+}
+
+/// Wall time of each phase of the steps (the device synchronised at every phase end, which
+/// costs a little), logged every `every` steps: which part of a step to make faster.
+struct PhaseClock {
+    device: Device,
+    every: usize,
+    last: std::time::Instant,
+    steps: usize,
+    totals: Vec<(&'static str, f64)>,
+}
+
+impl PhaseClock {
+    fn from_env(device: &Device, every: usize) -> Option<Self> {
+        std::env::var("VIDGEN_TRAIN_TIMING")
+            .is_ok_and(|v| v == "1")
+            .then(|| Self {
+                device: device.clone(),
+                every: every.max(1),
+                last: std::time::Instant::now(),
+                steps: 0,
+                totals: Vec::new(),
+            })
+    }
+
+    fn start(&mut self) -> Result<()> {
+        self.device.synchronize()?;
+        self.last = std::time::Instant::now();
+        Ok(())
+    }
+
+    fn mark(&mut self, phase: &'static str) -> Result<()> {
+        self.device.synchronize()?;
+        let now = std::time::Instant::now();
+        let dt = (now - self.last).as_secs_f64();
+        self.last = now;
+        match self.totals.iter_mut().find(|(p, _)| *p == phase) {
+            Some((_, t)) => *t += dt,
+            None => self.totals.push((phase, dt)),
+        }
+        Ok(())
+    }
+
+    fn end_step(&mut self) {
+        self.steps += 1;
+        if self.steps.is_multiple_of(self.every) {
+            let n = self.steps as f64;
+            let phases: Vec<String> = self
+                .totals
+                .iter()
+                .map(|(p, t)| format!("{p} {:.4}", t / n))
+                .collect();
+            tracing::info!(
+                "seconds per step over {} steps: {}",
+                self.steps,
+                phases.join(", ")
+            );
+        }
+    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -220,6 +281,7 @@ impl Trainer {
         std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
         write_atomic(&cfg.out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
         Ok(Self {
+            clock: PhaseClock::from_env(&device, cfg.log_every),
             cfg,
             device,
             varmap,
@@ -272,6 +334,13 @@ impl Trainer {
                 micro,
             );
             size = plan.size;
+            if let Some(clock) = &mut self.clock {
+                clock.start()?;
+            }
+            if let PartState::Dit(state) = &mut self.part {
+                state.encode_missing(self.source.as_ref(), &plan, &self.device)?;
+                self.mark("pool")?;
+            }
             let loss = match self.cfg.part {
                 Part::Vae => self.vae_loss(&plan)?,
                 Part::Dit => self.dit_loss(&plan)?,
@@ -281,11 +350,18 @@ impl Trainer {
                 return Err(Error::NonFinite(format!("the loss at step {}", step + 1)));
             }
             loss_sum += value;
-            self.opt.accumulate(&mut grads, &loss.backward()?)?;
+            self.mark("forward")?;
+            let step_grads = loss.backward()?;
+            self.mark("backward")?;
+            self.opt.accumulate(&mut grads, &step_grads)?;
         }
         let stats = self
             .opt
             .step(grads, self.cfg.grad_accum as f64, self.cfg.steps)?;
+        self.mark("optimizer")?;
+        if let Some(clock) = &mut self.clock {
+            clock.end_step();
+        }
         let loss = loss_sum / self.cfg.grad_accum as f64;
         self.history.push((step + 1, loss));
         Ok(StepReport {
@@ -296,6 +372,13 @@ impl Trainer {
             grad_norm: stats.grad_norm,
             size,
         })
+    }
+
+    fn mark(&mut self, phase: &'static str) -> Result<()> {
+        match &mut self.clock {
+            Some(clock) => Ok(clock.mark(phase)?),
+            None => Ok(()),
+        }
     }
 
     fn clips(&self, plan: &BatchPlan) -> Result<Vec<TrainClip>> {
@@ -344,12 +427,12 @@ impl Trainer {
     }
 
     /// Rectified flow: `x_σ = (1 - σ)·x₀ + σ·ε`, the DiT predicts `ε - x₀` at `t = 1000σ`
-    /// (the velocity the flow schedulers integrate); mean squared error.
+    /// (the velocity the flow schedulers integrate); mean squared error. The plan's clips are
+    /// encoded already ([`DitState::encode_missing`]).
     fn dit_loss(&mut self, plan: &BatchPlan) -> Result<Tensor> {
         let PartState::Dit(state) = &mut self.part else {
             unreachable!("dit_loss on a VAE run")
         };
-        state.encode_missing(self.source.as_ref(), plan, &self.device)?;
         let mut latents = Vec::with_capacity(plan.clips.len());
         let mut texts = Vec::with_capacity(plan.clips.len());
         for (&index, &drop) in plan.clips.iter().zip(&plan.drop_caption) {
@@ -685,5 +768,34 @@ impl Trainer {
             .map(|(s, m)| (s / n.max(1.0) - m * m).max(1e-8).sqrt())
             .collect();
         Ok((mean, std))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_clock_sums_each_phase_in_first_seen_order() -> Result<()> {
+        let mut clock = PhaseClock {
+            device: Device::Cpu,
+            every: 2,
+            last: std::time::Instant::now(),
+            steps: 0,
+            totals: Vec::new(),
+        };
+        for _ in 0..2 {
+            clock.start()?;
+            clock.mark("forward")?;
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            clock.mark("backward")?;
+            clock.end_step();
+        }
+        let phases: Vec<&str> = clock.totals.iter().map(|(p, _)| *p).collect();
+        assert_eq!(phases, ["forward", "backward"]);
+        let backward = clock.totals[1].1;
+        assert!(backward >= 0.010, "two 5 ms sleeps, got {backward} s");
+        assert_eq!(clock.steps, 2);
+        Ok(())
     }
 }

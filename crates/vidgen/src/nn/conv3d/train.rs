@@ -1,4 +1,4 @@
-//! The conv3d of training: the forward as im2col + matmul over the padded input, with a backward
+//! The conv3d of training (and of inference on GPUs): the forward as im2col + matmul over the padded input, with a backward
 //! pass. The inference path's band-wise im2col has none, and backpropagating through it (per
 //! batch element and band, hundreds of `narrow`s, each of whose gradients is a zero-padded copy
 //! of the whole input) costs ~10x the forward. On the CPU (f32) the im2col is a custom op whose
@@ -129,7 +129,8 @@ impl CustomOp1 for Col2im3d {
 }
 
 /// The differentiable forward of `conv` over the time-concatenation of `parts` (each
-/// `(B, T_i, H, W, C_in)`, f32 on the CPU) with zero padding `pad`: `(B, T', H', W', C_out)`.
+/// `(B, T_i, H, W, C_in)`) with zero padding `pad`: `(B, T', H', W', C_out)`. Also the
+/// inference path on GPUs, where one whole-batch im2col beats the band-wise one.
 pub(super) fn conv3d_train(conv: &Conv3d, parts: &[&Tensor], pad: Padding3d) -> Result<Tensor> {
     let x = if parts.len() == 1 {
         parts[0].clone()
