@@ -85,6 +85,16 @@ pub fn gated_add(h: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
     (h.to_dtype(DType::F32)? + y.to_dtype(DType::F32)?.broadcast_mul(gate)?)?.to_dtype(h.dtype())
 }
 
+/// Rotary embedding on consecutive channel pairs, `(x₀, x₁) → (x₀c − x₁s, x₀s + x₁c)`, in f32
+/// (one rounding per output, as the reference's float rotation), as `x`'s dtype. `x`
+/// `(B, H, N, d)`; `cos`, `sin` `(N, d/2)` f32. candle's `rope_i` computes a bf16 input in bf16
+/// arithmetic, one scalar element at a time.
+pub fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let f32c = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
+    x.contiguous()?
+        .apply_op3_no_bwd(&f32c(cos)?, &f32c(sin)?, &RopeInterleaved)
+}
+
 /// GELU with the tanh approximation (candle's `gelu`): one fused pass where [`applies`].
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if applies(&[x]) {
@@ -387,6 +397,58 @@ impl CustomOp3 for GatedResidual {
             }
         })?;
         Ok((out, Shape::from((b, n, d))))
+    }
+}
+
+struct RopeInterleaved;
+
+impl CustomOp3 for RopeInterleaved {
+    fn name(&self) -> &'static str {
+        "rope-interleaved"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sc: &CpuStorage,
+        lc: &Layout,
+        ss: &CpuStorage,
+        ls: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let &[b, h, n, d] = lx.dims() else {
+            candle_core::bail!(
+                "rope-interleaved: x (B, H, N, d) expected, got {:?}",
+                lx.dims()
+            )
+        };
+        if d % 2 != 0 || lc.dims() != [n, d / 2] || ls.dims() != [n, d / 2] {
+            candle_core::bail!(
+                "rope-interleaved: cos and sin must be ({n}, {}) for x {:?}, got {:?} and {:?}",
+                d / 2,
+                lx.dims(),
+                lc.dims(),
+                ls.dims()
+            )
+        }
+        let x = Src::new(sx, lx, "rope-interleaved")?;
+        let cos = Src::new(sc, lc, "rope-interleaved")?.f32("cos")?;
+        let sin = Src::new(ss, ls, "rope-interleaved")?.f32("sin")?;
+        let half = d / 2;
+        let out = map_rows(b * h * n, d, x.dtype(), |r, row| {
+            x.read(r * d, row);
+            let t = r % n;
+            let (c, s) = (
+                &cos[t * half..(t + 1) * half],
+                &sin[t * half..(t + 1) * half],
+            );
+            for ((pair, c), s) in row.chunks_exact_mut(2).zip(c).zip(s) {
+                let (x0, x1) = (pair[0], pair[1]);
+                pair[0] = x0 * c - x1 * s;
+                pair[1] = x0 * s + x1 * c;
+            }
+        })?;
+        Ok((out, lx.shape().clone()))
     }
 }
 

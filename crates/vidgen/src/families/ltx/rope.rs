@@ -159,11 +159,9 @@ fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
 /// `cos`, `sin` `(N, D/2)`: `(x₀, x₁) → (x₀c − x₁s, x₀s + x₁c)`. Returns `(B, N, D)`.
 pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let (b, n, d) = x.dims3()?;
-    let dtype = x.dtype();
-    // b n d -> b 1 n d: candle's interleaved rope wants a head axis.
+    // b n d -> b 1 n d: one "head" of all the channels
     let x4 = x.reshape((b, 1, n, d))?;
-    let (cos, sin) = (cos.to_dtype(dtype)?, sin.to_dtype(dtype)?);
-    candle_nn::rotary_emb::rope_i(&x4.contiguous()?, &cos, &sin)?.reshape((b, n, d))
+    crate::nn::rope::apply_rotary_interleaved(&x4, cos, sin)?.reshape((b, n, d))
 }
 
 #[cfg(test)]
