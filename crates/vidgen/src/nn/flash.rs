@@ -319,9 +319,7 @@ pub fn attention_bf16(
             let pairs = cols.div_ceil(2);
             for r in 0..rows {
                 let (src, dst) = (&scores[r * BK..r * BK + cols], &mut probs[r * BK..]);
-                for (o, x) in dst.iter_mut().zip(src) {
-                    *o = bf16::from_f32(*x);
-                }
+                round_to_bf16(src, &mut dst[..cols]);
                 dst[cols..2 * pairs].fill(bf16::ZERO);
             }
             product_f32(
@@ -337,9 +335,35 @@ pub fn attention_bf16(
             );
             k0 += cols;
         }
-        s.finish(rows, d, dst, bf16::from_f32);
+        s.finish(rows, d, dst, super::fused::round_bf16);
     });
     out
+}
+
+/// `dst[j] = src[j]` rounded to bf16 (to nearest even, as `bf16::from_f32`), vectorised: AVX2
+/// where the CPU has it. `half`'s own conversion takes a branch per value.
+fn round_to_bf16(src: &[f32], dst: &mut [bf16]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: the feature was just detected.
+            return unsafe { round_to_bf16_avx2(src, dst) };
+        }
+    }
+    round_to_bf16_generic(src, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn round_to_bf16_avx2(src: &[f32], dst: &mut [bf16]) {
+    round_to_bf16_generic(src, dst)
+}
+
+#[inline(always)]
+fn round_to_bf16_generic(src: &[f32], dst: &mut [bf16]) {
+    for (o, x) in dst.iter_mut().zip(src) {
+        *o = super::fused::round_bf16(*x);
+    }
 }
 
 /// `row[j] = exp(row[j] − max)` in place; returns the sum. With AVX2 and FMA where the CPU has

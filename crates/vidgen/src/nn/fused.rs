@@ -271,7 +271,7 @@ fn mean_inv_std(row: &[f32], eps: f32) -> (f32, f32) {
 /// f32 -> bf16, round to nearest even (as `bf16::from_f32`), without branches so that loops
 /// of it vectorise; NaN stays a (quiet) NaN.
 #[inline(always)]
-fn round_bf16(x: f32) -> bf16 {
+pub(crate) fn round_bf16(x: f32) -> bf16 {
     let bits = x.to_bits();
     let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
     let nan = ((bits >> 16) as u16) | 0x40;
