@@ -180,7 +180,7 @@ impl Module for Linear {
             Weight::Dense(weight_t) => {
                 let ys = xs2.matmul(weight_t)?;
                 match &self.bias {
-                    Some(b) => ys.broadcast_add(b)?,
+                    Some(b) => super::broadcast::add(&ys, b)?,
                     None => ys,
                 }
             }

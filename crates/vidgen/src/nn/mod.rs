@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod bf16_gemm;
+pub mod broadcast;
 pub mod conv3d;
 pub mod embed;
 pub mod flash;

@@ -39,7 +39,7 @@ impl Module for RmsNorm {
         let xs = xs.to_dtype(DType::F32)?.contiguous()?;
         // candle's fused kernel has no backward pass: training takes the composite ops
         let normed = if xs.track_op() || self.weight.track_op() {
-            candle_nn::ops::rms_norm_slow(&xs, &self.weight, self.eps)?
+            super::broadcast::rms_norm(&xs, &self.weight, self.eps)?
         } else {
             candle_nn::ops::rms_norm(&xs, &self.weight, self.eps)?
         };
@@ -97,10 +97,8 @@ impl LayerNorm {
         {
             return fused::modulated_layer_norm(xs, shift, scale, self.eps, dtype);
         }
-        self.forward(xs)?
-            .broadcast_mul(&(scale + 1.0)?)?
-            .broadcast_add(shift)?
-            .to_dtype(dtype)
+        use super::broadcast::{add, mul};
+        add(&mul(&self.forward(xs)?, &(scale + 1.0)?)?, shift)?.to_dtype(dtype)
     }
 }
 
@@ -113,7 +111,7 @@ impl Module for LayerNorm {
         let xs = xs.to_dtype(DType::F32)?.contiguous()?;
         // candle's fused kernel has no backward pass: training takes the composite ops
         if xs.track_op() || self.weight.track_op() || self.bias.track_op() {
-            candle_nn::ops::layer_norm_slow(&xs, &self.weight, &self.bias, self.eps)
+            super::broadcast::layer_norm(&xs, &self.weight, &self.bias, self.eps)
         } else {
             candle_nn::ops::layer_norm(&xs, &self.weight, &self.bias, self.eps)
         }

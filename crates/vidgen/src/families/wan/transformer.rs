@@ -266,11 +266,10 @@ impl WanTransformer3D {
     /// Projected text states for the cross-attention, `(B, L, text_dim)` → `(B, L, D)`; they
     /// depend only on the prompt, so the pipeline computes them once for all steps.
     pub fn embed_text(&self, encoder_hidden_states: &Tensor) -> Result<Tensor> {
-        encoder_hidden_states
+        let hidden = encoder_hidden_states
             .to_dtype(self.dtype)?
-            .apply(&self.text_linear_1)?
-            .gelu()?
-            .apply(&self.text_linear_2)
+            .apply(&self.text_linear_1)?;
+        fused::gelu(&hidden)?.apply(&self.text_linear_2)
     }
 
     /// One denoising call.
