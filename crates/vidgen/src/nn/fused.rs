@@ -5,8 +5,9 @@
 //! here each chain is one pass over rows split across threads, computing in f32 whatever the
 //! storage dtype (as the reference does), for f32 and bf16 tensors.
 //!
-//! Inference only (no backward pass): [`applies`] says when the callers may use them; the
-//! candle-op chains stay for training, other devices and as the tests' oracle.
+//! Inference only (no backward pass), but for GELU, whose fused pass also trains on the CPU:
+//! [`applies`] says when the callers may use them; the candle-op chains stay for training,
+//! other devices and as the tests' oracle.
 
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
@@ -103,7 +104,7 @@ pub fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if applies(&[x]) {
         gelu_tanh(x)
-    } else if x.device().is_cpu() && x.dtype() == DType::F32 {
+    } else if x.track_op() && x.device().is_cpu() && x.dtype() == DType::F32 {
         x.contiguous()?.apply_op1(GeluTanh)
     } else {
         x.gelu()
