@@ -58,9 +58,14 @@ pub fn gated_residual(h: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
 /// RMS norm over the last dimension, `x / sqrt(mean(x²) + eps) · weight`, in f32, as `x`'s
 /// dtype. `weight` `(D,)` f32.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    rms_norm_as(x, weight, eps, x.dtype())
+}
+
+/// [`rms_norm`] returned as `dtype` (one rounding, in the same pass).
+pub fn rms_norm_as(x: &Tensor, weight: &Tensor, eps: f32, dtype: DType) -> Result<Tensor> {
     let weight = weight.to_dtype(DType::F32)?.contiguous()?;
     x.contiguous()?
-        .apply_op2_no_bwd(&weight, &RmsNormOp { eps })
+        .apply_op2_no_bwd(&weight, &RmsNormOp { eps, dtype })
 }
 
 /// Layer norm over the last dimension with an affine transform, `(x − mean) / sqrt(var + eps)
@@ -70,6 +75,13 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Resul
     let f32c = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
     x.contiguous()?
         .apply_op3_no_bwd(&f32c(weight)?, &f32c(bias)?, &LayerNormOp { eps })
+}
+
+/// `gelu(a) · b` (GELU with the tanh approximation) in f32, as `a`'s dtype: the gated
+/// feed-forward of T5 (`gated-gelu`) in one pass. `a`, `b` of one shape.
+pub fn gelu_mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    a.contiguous()?
+        .apply_op2_no_bwd(&b.to_dtype(a.dtype())?.contiguous()?, &GeluMul)
 }
 
 /// GELU with the tanh approximation (PyTorch's `approximate="tanh"`), same dtype.
@@ -287,6 +299,8 @@ pub(crate) fn round_bf16(x: f32) -> bf16 {
 
 struct RmsNormOp {
     eps: f32,
+    /// The output's dtype.
+    dtype: DType,
 }
 
 impl CustomOp2 for RmsNormOp {
@@ -311,7 +325,7 @@ impl CustomOp2 for RmsNormOp {
             )
         }
         let eps = self.eps;
-        let out = map_rows(x.len() / d.max(1), d, x.dtype(), |r, row| {
+        let out = map_rows(x.len() / d.max(1), d, self.dtype, |r, row| {
             x.read(r * d, row);
             let inv = 1.0 / (lane_sum(row, |v| v * v) / d as f32 + eps).sqrt();
             for (v, w) in row.iter_mut().zip(weight) {
@@ -459,6 +473,44 @@ impl CustomOp3 for RopeInterleaved {
     }
 }
 
+struct GeluMul;
+
+impl CustomOp2 for GeluMul {
+    fn name(&self) -> &'static str {
+        "gelu-mul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sa: &CpuStorage,
+        la: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if la.dims() != lb.dims() {
+            candle_core::bail!("gelu-mul: {:?} and {:?} differ", la.dims(), lb.dims())
+        }
+        let a = Src::new(sa, la, "gelu-mul")?;
+        let b = Src::new(sb, lb, "gelu-mul")?;
+        let d = la.dims().last().copied().unwrap_or(1).max(1);
+        let out = map_rows(a.len() / d, d, a.dtype(), |r, row| {
+            a.read(r * d, row);
+            gelu_row(row);
+            match &b {
+                Src::F32(b) => row
+                    .iter_mut()
+                    .zip(&b[r * d..(r + 1) * d])
+                    .for_each(|(v, b)| *v *= b),
+                Src::Bf16(b) => row
+                    .iter_mut()
+                    .zip(&b[r * d..(r + 1) * d])
+                    .for_each(|(v, b)| *v *= b.to_f32()),
+            }
+        })?;
+        Ok((out, la.shape().clone()))
+    }
+}
+
 struct GeluTanh;
 
 impl CustomOp1 for GeluTanh {
@@ -593,6 +645,27 @@ mod tests {
     fn max_err(a: &Tensor, b: &Tensor) -> Result<f32> {
         let (a, b) = (a.to_dtype(DType::F32)?, b.to_dtype(DType::F32)?);
         (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
+    }
+
+    #[test]
+    fn gelu_mul_and_rms_norm_as_match_the_candle_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let a = (Tensor::randn(0f32, 1., (2, 7, 24), &dev)? * 3.0)?;
+        let b = Tensor::randn(0f32, 1., (2, 7, 24), &dev)?;
+        let w = Tensor::randn(1f32, 0.2, 24, &dev)?;
+        let want = (a.gelu()? * &b)?;
+        assert!(max_err(&gelu_mul(&a, &b)?, &want)? < 1e-5, "gelu_mul f32");
+        let (ab, bb) = (a.to_dtype(DType::BF16)?, b.to_dtype(DType::BF16)?);
+        let got = gelu_mul(&ab, &bb)?;
+        assert_eq!(got.dtype(), DType::BF16);
+        let want = (ab.to_dtype(DType::F32)?.gelu()? * bb.to_dtype(DType::F32)?)?;
+        assert!(max_err(&got, &want)? < 0.1, "gelu_mul bf16");
+        let want = candle_nn::ops::rms_norm_slow(&a, &w, 1e-6)?;
+        let got = rms_norm_as(&a, &w, 1e-6, DType::BF16)?;
+        assert_eq!(got.dtype(), DType::BF16);
+        assert!(max_err(&got, &want)? < 0.02, "rms_norm_as bf16");
+        assert!(max_err(&rms_norm_as(&a, &w, 1e-6, DType::F32)?, &want)? < 1e-5);
+        Ok(())
     }
 
     #[test]

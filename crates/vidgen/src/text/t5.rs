@@ -287,8 +287,11 @@ impl T5LayerNorm {
         Ok(Self { weight, eps })
     }
 
-    /// `(B, L, D)` f32 → `(B, L, D)` in `dtype`.
+    /// `(B, L, D)` f32 → `(B, L, D)` in `dtype`: one fused pass on the CPU.
     fn forward(&self, xs: &Tensor, dtype: DType) -> Result<Tensor> {
+        if crate::nn::fused::applies(&[xs]) && matches!(dtype, DType::F32 | DType::BF16) {
+            return crate::nn::fused::rms_norm_as(xs, &self.weight, self.eps as f32, dtype);
+        }
         let variance = xs.sqr()?.mean_keepdim(D::Minus1)?;
         let inv_rms = (variance + self.eps)?.sqrt()?.recip()?;
         xs.broadcast_mul(&inv_rms)?
@@ -415,12 +418,23 @@ impl T5FeedForward {
         })
     }
 
-    /// `(B, L, D)` → `(B, L, D)`, weights' dtype.
+    /// `(B, L, D)` → `(B, L, D)`, weights' dtype. The gated GELU (`gated-gelu`) in one fused
+    /// pass on the CPU.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut hidden = self.activation.apply(&xs.apply(&self.wi)?)?;
-        if let Some(gate) = &self.wi_gate {
-            hidden = (hidden * xs.apply(gate)?)?;
-        }
+        let pre = xs.apply(&self.wi)?;
+        let hidden = match &self.wi_gate {
+            Some(gate) => {
+                let gate = xs.apply(gate)?;
+                if self.activation == FfActivation::GeluTanh
+                    && crate::nn::fused::applies(&[&pre, &gate])
+                {
+                    crate::nn::fused::gelu_mul(&pre, &gate)?
+                } else {
+                    (self.activation.apply(&pre)? * gate)?
+                }
+            }
+            None => self.activation.apply(&pre)?,
+        };
         hidden.apply(&self.wo)
     }
 }
