@@ -29,6 +29,19 @@ pub fn scaled_dot_product_attention_with_bias(
     v: &Tensor,
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
+    let d = q.dim(D::Minus1)?;
+    attention_with_scale(q, k, v, bias, 1.0 / (d as f64).sqrt())
+}
+
+/// `softmax(q·kᵀ · scale + bias) · v`: [`scaled_dot_product_attention_with_bias`] with the
+/// scores' scale given (T5 uses 1: it folds `1/√d` into its query weights).
+pub fn attention_with_scale(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
     let (b, h, n, d) = q.dims4()?;
     let (kb, kh, m, kd) = k.dims4()?;
     if (kb, kh, kd) != (b, h, d) || v.dims4()? != (b, h, m, d) {
@@ -54,13 +67,9 @@ pub fn scaled_dot_product_attention_with_bias(
         }
     };
     let dtype = q.dtype();
-    let scale = 1.0 / (d as f64).sqrt();
     let trained =
         q.track_op() || k.track_op() || v.track_op() || bias.as_ref().is_some_and(|b| b.track_op());
-    let key_bias_only = bias
-        .as_ref()
-        .is_none_or(|b| b.dim(2).is_ok_and(|bn| bn == 1));
-    if q.device().is_cpu() && !trained && key_bias_only && !generic_forced() {
+    if q.device().is_cpu() && !trained && !generic_forced() {
         return fused_cpu(q, k, v, bias.as_ref(), scale as f32)?.to_dtype(dtype);
     }
     let q = q.to_dtype(DType::F32)?;
@@ -103,7 +112,7 @@ fn generic_forced() -> bool {
 
 /// The fused CPU kernel ([`super::flash`]): for bf16 inputs on a CPU with the bf16 dot product,
 /// on the bf16 operands; otherwise on f32 copies (no copy when already contiguous f32). `bias`
-/// is `(B', H', 1, M)`.
+/// is `(B', H', 1, M)` (a key mask) or `(B', H', N, M)` (one row per query), read in place.
 fn fused_cpu(
     q: &Tensor,
     k: &Tensor,
@@ -115,22 +124,21 @@ fn fused_cpu(
     let m = k.dim(2)?;
     let prep = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
     let bias = bias.map(prep).transpose()?;
-    let bias_rows = match &bias {
-        Some(bias) => {
-            let (bb, bh, _, _) = bias.dims4()?;
-            Some((bias.flatten_all()?.to_vec1::<f32>()?, bb, bh))
+    let bias_guard = bias.as_ref().map(|b| b.storage_and_layout());
+    let key_bias = match (&bias, &bias_guard) {
+        (Some(bias), Some((storage, layout))) => {
+            let (bb, bh, bn, _) = bias.dims4()?;
+            Some(super::flash::KeyBias {
+                values: super::cpu_slice(storage, layout, bias.elem_count())?,
+                m,
+                query_rows: bn,
+                batch_rows: bb,
+                heads: h,
+                per_head: bh == h && h > 1,
+            })
         }
-        None => None,
+        _ => None,
     };
-    let key_bias = bias_rows
-        .as_ref()
-        .map(|(values, bb, bh)| super::flash::KeyBias {
-            values,
-            m,
-            batch_rows: *bb,
-            heads: h,
-            per_head: *bh == h && h > 1,
-        });
     let bf16 = [q, k, v].iter().all(|t| t.dtype() == DType::BF16)
         && d % 2 == 0
         && super::bf16_gemm::available();
@@ -247,7 +255,16 @@ mod tests {
                 .collect();
             let key_bias = Tensor::new(mask, &dev)?.reshape((b, 1, 1, m))?;
             let head_bias = Tensor::randn(0f32, 1., (b, h, 1, m), &dev)?;
-            for bias in [None, Some(&key_bias), Some(&head_bias)] {
+            // one row per query: a T5-style position bias shared by the batch, and one per sample
+            let position_bias = Tensor::randn(0f32, 1., (1, h, n, m), &dev)?;
+            let sample_bias = Tensor::randn(0f32, 1., (b, 1, n, m), &dev)?;
+            for bias in [
+                None,
+                Some(&key_bias),
+                Some(&head_bias),
+                Some(&position_bias),
+                Some(&sample_bias),
+            ] {
                 let got = scaled_dot_product_attention_with_bias(&q, &k, &v, bias)?;
                 let want = generic(&q, &k, &v, bias)?;
                 let err = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;

@@ -17,8 +17,8 @@ const BK: usize = 256;
 /// `softmax(q·kᵀ·scale + key_bias) · v` for `bh` independent (batch·head) problems.
 ///
 /// * `q` — `(bh, n, d)` row-major; `k`, `v` — `(bh, m, d)` row-major
-/// * `key_bias` — `m` values per problem added to every row of its scores (a key-padding
-///   mask), see [`KeyBias`]
+/// * `key_bias` — per problem, `m` values added to every row of its scores (a key-padding
+///   mask) or `n × m` values, one row per query (a position bias), see [`KeyBias`]
 ///
 /// Returns `(bh, n, d)`.
 pub fn attention_f32(
@@ -41,31 +41,60 @@ pub fn attention_f32(
         let q_blk = &q[(p * n + row0) * d..(p * n + row0 + rows) * d];
         let k_p = &k[p * m * d..(p + 1) * m * d];
         let v_p = &v[p * m * d..(p + 1) * m * d];
-        let bias = key_bias.as_ref().map(|b| b.row(p));
+        let bias = key_bias.as_ref().map(|b| b.rows_from(p, row0));
         tile(scratch, q_blk, k_p, v_p, bias, rows, m, d, scale, dst);
     });
     out
 }
 
-/// A key bias shaped `(B', H', 1, M)` with `B'` 1 or the batch and `H'` 1 or the heads, as
-/// `values` row-major: problem `p = b·heads + h` adds row `(b mod B')·H' + (h mod H')`.
+/// An additive score bias shaped `(B', H', R, M)` with `B'` 1 or the batch, `H'` 1 or the heads
+/// and `R` 1 (the same `M` values for every query: a key-padding mask) or the `n` queries (a
+/// position bias), as `values` row-major: problem `p = b·heads + h` reads block
+/// `(b mod B')·H' + (h mod H')`.
 pub struct KeyBias<'a> {
     pub values: &'a [f32],
     pub m: usize,
+    /// `R`: 1, or the number of queries.
+    pub query_rows: usize,
     pub batch_rows: usize,
     pub heads: usize,
     pub per_head: bool,
 }
 
+/// The bias rows of one query block: `values[r · stride + j]` is added to score `(r, j)` (a
+/// stride of 0 repeats one row).
+#[derive(Clone, Copy)]
+struct BiasRows<'a> {
+    values: &'a [f32],
+    stride: usize,
+}
+
+impl BiasRows<'_> {
+    /// Columns `k0..k0 + cols` of row `r`.
+    fn row(&self, r: usize, k0: usize, cols: usize) -> &[f32] {
+        &self.values[r * self.stride + k0..r * self.stride + k0 + cols]
+    }
+}
+
 impl KeyBias<'_> {
-    fn row(&self, p: usize) -> &[f32] {
+    /// Problem `p`'s bias from query row `row0` on.
+    fn rows_from(&self, p: usize, row0: usize) -> BiasRows<'_> {
         let (b, h) = (p / self.heads, p % self.heads);
-        let r = if self.per_head {
+        let block = if self.per_head {
             (b % self.batch_rows) * self.heads + h
         } else {
             b % self.batch_rows
         };
-        &self.values[r * self.m..(r + 1) * self.m]
+        let start = block * self.query_rows * self.m;
+        let values = &self.values[start..start + self.query_rows * self.m];
+        if self.query_rows == 1 {
+            BiasRows { values, stride: 0 }
+        } else {
+            BiasRows {
+                values: &values[row0 * self.m..],
+                stride: self.m,
+            }
+        }
     }
 }
 
@@ -140,7 +169,7 @@ fn tile(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    bias: Option<&[f32]>,
+    bias: Option<BiasRows<'_>>,
     rows: usize,
     m: usize,
     d: usize,
@@ -177,8 +206,10 @@ fn tile(
                 gemm::Parallelism::None,
             );
         }
-        let bias = bias.map(|b| &b[k0..k0 + cols]);
-        online_softmax(&mut s.max, &mut s.sum, scores, cols, cols, bias, acc, d);
+        let tile_bias = bias.map(|b| (b, k0));
+        online_softmax(
+            &mut s.max, &mut s.sum, scores, cols, cols, tile_bias, acc, d,
+        );
         // acc += p · v_tile   (rows × d)
         unsafe {
             gemm::gemm(
@@ -208,8 +239,8 @@ fn tile(
     s.finish(rows, d, dst, |x| x);
 }
 
-/// One key tile of the online softmax: adds the key bias to each of the `rows` score rows
-/// (`cols` scores at stride `ld`), turns them into `exp(score − running max)`, and rescales the
+/// One key tile of the online softmax: adds the bias (its columns from `k0`) to each of the
+/// `rows` score rows (`cols` scores at stride `ld`), turns them into `exp(score − running max)`, and rescales the
 /// running sums and the `d`-wide accumulator rows to the new maxima.
 #[allow(clippy::too_many_arguments)]
 fn online_softmax(
@@ -218,15 +249,15 @@ fn online_softmax(
     scores: &mut [f32],
     ld: usize,
     cols: usize,
-    bias: Option<&[f32]>,
+    bias: Option<(BiasRows<'_>, usize)>,
     acc: &mut [f32],
     d: usize,
 ) {
     let rows = acc.len() / d.max(1);
     for r in 0..rows {
         let row = &mut scores[r * ld..r * ld + cols];
-        if let Some(bias) = bias {
-            for (x, b) in row.iter_mut().zip(bias) {
+        if let Some((bias, k0)) = bias {
+            for (x, b) in row.iter_mut().zip(bias.row(r, k0, cols)) {
                 *x += b;
             }
         }
@@ -294,7 +325,7 @@ pub fn attention_bf16(
         let rows = dst.len() / d;
         let q_blk = &q[(p * n + row0) * d..(p * n + row0 + rows) * d];
         let (keys, values) = &packed[p];
-        let bias = key_bias.as_ref().map(|b| b.row(p));
+        let bias = key_bias.as_ref().map(|b| b.rows_from(p, row0));
         s.start(rows, d);
         let mut k0 = 0;
         while k0 < m {
@@ -312,7 +343,7 @@ pub fn attention_bf16(
                 BK,
                 (scale, false),
             );
-            let tile_bias = bias.map(|b| &b[k0..k0 + cols]);
+            let tile_bias = bias.map(|b| (b, k0));
             let acc = &mut s.acc[..rows * d];
             online_softmax(&mut s.max, &mut s.sum, scores, BK, cols, tile_bias, acc, d);
             // acc += p · v_tile, p rounded to bf16 (an odd tail padded with a zero)

@@ -343,14 +343,26 @@ impl T5Attention {
         let Some(table) = &self.relative_attention_bias else {
             return Ok(None);
         };
-        // (L·L, H) -> h lq lk -> 1 h lq lk
-        let bias = table
-            .forward(buckets)?
+        // (buckets, H) -> per head, its value of every (query, key) bucket: 1 h lq lk, built
+        // contiguous (the attention reads it row by row; a permuted gather costs a strided copy
+        // of the whole L × L × H bias per layer)
+        use rayon::prelude::*;
+        let per_head = table
+            .embeddings()
             .to_dtype(DType::F32)?
-            .reshape((l, l, self.num_heads))?
-            .permute((2, 0, 1))?
-            .unsqueeze(0)?;
-        Ok(Some(bias))
+            .t()?
+            .contiguous()?
+            .to_vec2::<f32>()?;
+        let ids = buckets.to_vec1::<u32>()?;
+        let mut data = vec![0f32; self.num_heads * ids.len()];
+        data.par_chunks_mut(ids.len().max(1))
+            .zip(&per_head)
+            .for_each(|(out, head)| {
+                for (o, &b) in out.iter_mut().zip(&ids) {
+                    *o = head[b as usize];
+                }
+            });
+        Tensor::from_vec(data, (1, self.num_heads, l, l), buckets.device()).map(Some)
     }
 
     /// * `xs` — `(B, L, D)` normed hidden states, weights' dtype
@@ -375,17 +387,17 @@ impl T5Attention {
         let key = heads(xs.apply(&self.k)?)?;
         let value = heads(xs.apply(&self.v)?)?;
 
-        // No 1/√dk: T5 scales the query weights at initialisation instead.
-        let scores = query.matmul(&key.t()?)?.to_dtype(DType::F32)?; // (B, H, L, L)
-        let mut scores = scores.broadcast_add(position_bias)?;
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(value.dtype())?;
+        // No 1/√dk: T5 scales the query weights at initialisation instead. The position bias
+        // and the mask are one score bias (B or 1, H, L, L), which the fused CPU attention adds
+        // tile by tile (f32 scores, never the whole L × L matrix per head).
+        let bias = match mask {
+            Some(mask) => position_bias.broadcast_add(mask)?,
+            None => position_bias.clone(),
+        };
+        let out =
+            crate::nn::attention::attention_with_scale(&query, &key, &value, Some(&bias), 1.0)?;
         // b h l dk -> b l (h dk)
-        probs
-            .matmul(&value)?
-            .transpose(1, 2)?
+        out.transpose(1, 2)?
             .reshape((b, l, self.num_heads * self.d_kv))?
             .apply(&self.o)
     }
