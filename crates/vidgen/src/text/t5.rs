@@ -343,9 +343,19 @@ impl T5Attention {
         let Some(table) = &self.relative_attention_bias else {
             return Ok(None);
         };
-        // (buckets, H) -> per head, its value of every (query, key) bucket: 1 h lq lk, built
-        // contiguous (the attention reads it row by row; a permuted gather costs a strided copy
-        // of the whole L × L × H bias per layer)
+        if !buckets.device().is_cpu() {
+            // (L·L, H) -> h lq lk -> 1 h lq lk, gathered on the device
+            let bias = table
+                .forward(buckets)?
+                .to_dtype(DType::F32)?
+                .reshape((l, l, self.num_heads))?
+                .permute((2, 0, 1))?
+                .unsqueeze(0)?;
+            return Ok(Some(bias));
+        }
+        // On the CPU: per head, its value of every (query, key) bucket, 1 h lq lk, built
+        // contiguous (the attention reads it row by row; the permuted gather above costs a
+        // single-threaded strided copy of the whole L × L × H bias per layer)
         use rayon::prelude::*;
         let per_head = table
             .embeddings()
