@@ -73,6 +73,17 @@ pub const MIN_SIDE: usize = 16;
 /// When `spec` has no frames, a side under [`MIN_SIDE`] pixels, or fps 0: these are caller
 /// bugs (the command line checks its arguments first, see [`check_spec`]).
 pub fn sample_clip(spec: &WorldSpec, seed: u64, split: Split) -> Clip {
+    sample_clip_from(spec, seed, split, MIXTURE)
+}
+
+/// [`sample_clip`] with the scenes drawn by `mixture` (shares summing to 1; see
+/// [`world::reweighted_mixture`]) instead of [`MIXTURE`].
+pub fn sample_clip_from(
+    spec: &WorldSpec,
+    seed: u64,
+    split: Split,
+    mixture: &[(SceneKind, f64)],
+) -> Clip {
     if let Err(reason) = check_spec(spec) {
         panic!("sample_clip: {reason}");
     }
@@ -82,7 +93,7 @@ pub fn sample_clip(spec: &WorldSpec, seed: u64, split: Split) -> Clip {
         Split::Eval => 0x5EED_E7A1_0000_0000,
     };
     let mut rng = NoiseRng::new(seed ^ salt);
-    let truth = world::sample_truth(spec, &mut rng);
+    let truth = world::sample_truth(spec, &mut rng, mixture);
     let caption = caption::caption(&truth, split, &mut rng);
     let video = render::render(&truth);
     Clip {

@@ -75,6 +75,52 @@ pub enum SceneKind {
     Pan,
 }
 
+impl SceneKind {
+    /// The name configs and the ground-truth JSON use.
+    pub fn name(self) -> &'static str {
+        match self {
+            SceneKind::Move => "move",
+            SceneKind::Fall => "fall",
+            SceneKind::Bounce => "bounce",
+            SceneKind::Still => "still",
+            SceneKind::TwoObjects => "two_objects",
+            SceneKind::Occluder => "occluder",
+            SceneKind::Pan => "pan",
+        }
+    }
+}
+
+/// [`MIXTURE`] with each scene's share multiplied by its weight in `weights` (by
+/// [`SceneKind::name`]; scenes not named keep weight 1), normalised to sum to 1. The error says
+/// which name or weight is wrong.
+pub fn reweighted_mixture(
+    weights: &std::collections::BTreeMap<String, f64>,
+) -> Result<Vec<(SceneKind, f64)>, String> {
+    for (name, w) in weights {
+        if !MIXTURE.iter().any(|(k, _)| k.name() == name) {
+            let known: Vec<&str> = MIXTURE.iter().map(|(k, _)| k.name()).collect();
+            return Err(format!(
+                "unknown scene {name:?} in data.scene_weights; scenes are {}",
+                known.join(", ")
+            ));
+        }
+        if !w.is_finite() || *w < 0.0 {
+            return Err(format!(
+                "data.scene_weights.{name} must be a weight ≥ 0, got {w}"
+            ));
+        }
+    }
+    let shares: Vec<(SceneKind, f64)> = MIXTURE
+        .iter()
+        .map(|&(k, p)| (k, p * weights.get(k.name()).copied().unwrap_or(1.0)))
+        .collect();
+    let total: f64 = shares.iter().map(|(_, p)| p).sum();
+    if total <= 0.0 {
+        return Err("data.scene_weights leaves every scene at weight 0".into());
+    }
+    Ok(shares.into_iter().map(|(k, p)| (k, p / total)).collect())
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Shape {
@@ -232,12 +278,17 @@ impl Truth {
     }
 }
 
-/// Draws the scene of `seed`: kind by [`MIXTURE`], then objects and motion.
-pub(crate) fn sample_truth(spec: &WorldSpec, rng: &mut NoiseRng) -> Truth {
+/// Draws the scene of `seed`: kind by `mixture` (shares summing to 1, e.g. [`MIXTURE`]), then
+/// objects and motion.
+pub(crate) fn sample_truth(
+    spec: &WorldSpec,
+    rng: &mut NoiseRng,
+    mixture: &[(SceneKind, f64)],
+) -> Truth {
     let u = rng.uniform();
     let mut acc = 0.0;
-    let mut scene = MIXTURE[MIXTURE.len() - 1].0;
-    for &(kind, p) in MIXTURE {
+    let mut scene = mixture[mixture.len() - 1].0;
+    for &(kind, p) in mixture {
         acc += p;
         if u < acc {
             scene = kind;

@@ -125,6 +125,11 @@ pub struct DataConfig {
     /// Probability of training on the empty caption (classifier-free guidance).
     #[serde(default = "defaults::caption_dropout")]
     pub caption_dropout: f64,
+    /// World source: multipliers of the scene mixture's shares by scene name (`move`, `fall`,
+    /// `bounce`, `still`, `two_objects`, `occluder`, `pan`; unnamed ones 1), e.g.
+    /// `{ pan = 3.0 }` to draw camera pans three times as often. Empty: the world's own mix.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub scene_weights: std::collections::BTreeMap<String, f64>,
 }
 
 /// VAE losses: `l1_weight·|M(x - x̂)| + mse_weight·(M(x - x̂))² + kl_weight·KL`, means over
@@ -345,6 +350,12 @@ impl TrainConfig {
         }
         if !(0.0..=1.0).contains(&d.caption_dropout) {
             return Err("data.caption_dropout must be in [0, 1]".into());
+        }
+        if !d.scene_weights.is_empty() {
+            if d.source != "world" {
+                return Err("data.scene_weights applies to data.source = \"world\" only".into());
+            }
+            crate::data::world::reweighted_mixture(&d.scene_weights)?;
         }
         let o = &self.optim;
         if o.lr.is_nan()

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::config::DataConfig;
-use crate::data::{sample_clip, Split, WorldSpec};
+use crate::data::{sample_clip_from, SceneKind, Split, WorldSpec, MIXTURE};
 use crate::noise::NoiseRng;
 use crate::{Error, Result};
 
@@ -46,6 +46,8 @@ pub struct WorldSource {
     pub seed: u64,
     pub fps: u32,
     pub num_clips: usize,
+    /// Scene shares summing to 1; `None`: the world's own [`MIXTURE`].
+    pub mixture: Option<Vec<(SceneKind, f64)>>,
 }
 
 /// A 64-bit mix of several words (splitmix64 steps), for deriving independent seeds.
@@ -77,7 +79,8 @@ impl ClipSource for WorldSource {
             fps: self.fps,
         };
         let seed = mix_seed(&[self.seed, f as u64, h as u64, w as u64, index as u64]);
-        let clip = sample_clip(&spec, seed, Split::Train);
+        let mixture = self.mixture.as_deref().unwrap_or(MIXTURE);
+        let clip = sample_clip_from(&spec, seed, Split::Train, mixture);
         Ok(TrainClip {
             caption: clip.caption,
             video: clip.video,
@@ -296,6 +299,67 @@ mod tests {
     fn data() -> DataConfig {
         toml::from_str("buckets = [[17, 64, 64], [9, 48, 80]]\nbucket_weights = [3.0, 1.0]")
             .unwrap()
+    }
+
+    #[test]
+    fn scene_weights_reshape_the_world_mix_and_bad_ones_are_refused() {
+        use crate::data::world::reweighted_mixture;
+        use std::collections::BTreeMap;
+        let only_pans: BTreeMap<String, f64> = MIXTURE
+            .iter()
+            .map(|(k, _)| (k.name().to_string(), (*k == SceneKind::Pan) as u8 as f64))
+            .collect();
+        let pans = WorldSource {
+            seed: 3,
+            fps: 8,
+            num_clips: 20,
+            mixture: Some(reweighted_mixture(&only_pans).unwrap()),
+        };
+        let plain = WorldSource {
+            mixture: None,
+            ..pans
+        };
+        let mut pan_captions = 0;
+        for i in 0..12 {
+            let caption = pans.clip(i, [9, 32, 32]).unwrap().caption;
+            assert!(caption.contains("camera"), "not a pan: {caption:?}");
+            pan_captions += plain
+                .clip(i, [9, 32, 32])
+                .unwrap()
+                .caption
+                .contains("camera") as usize;
+        }
+        assert!(
+            pan_captions < 6,
+            "{pan_captions} of 12 default clips are pans (5 % expected)"
+        );
+        // weight 1 everywhere is the world's own mix
+        let ones: BTreeMap<String, f64> = [("pan".to_string(), 1.0)].into();
+        let same = reweighted_mixture(&ones).unwrap();
+        for ((k, p), (k0, p0)) in same.iter().zip(MIXTURE) {
+            assert_eq!(k, k0);
+            assert!((p - p0).abs() < 1e-9);
+        }
+        for (weights, needle) in [
+            (
+                BTreeMap::from([("pans".to_string(), 2.0)]),
+                "unknown scene \"pans\"",
+            ),
+            (
+                BTreeMap::from([("fall".to_string(), -1.0)]),
+                "must be a weight",
+            ),
+            (
+                MIXTURE
+                    .iter()
+                    .map(|(k, _)| (k.name().to_string(), 0.0))
+                    .collect(),
+                "every scene at weight 0",
+            ),
+        ] {
+            let err = reweighted_mixture(&weights).unwrap_err();
+            assert!(err.contains(needle), "{err}");
+        }
     }
 
     #[test]

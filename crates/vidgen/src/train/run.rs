@@ -197,6 +197,14 @@ impl Trainer {
                 seed: cfg.seed,
                 fps: cfg.data.fps,
                 num_clips: cfg.data.num_clips,
+                mixture: if cfg.data.scene_weights.is_empty() {
+                    None
+                } else {
+                    Some(
+                        crate::data::world::reweighted_mixture(&cfg.data.scene_weights)
+                            .map_err(Error::InvalidRequest)?,
+                    )
+                },
             }),
         };
 
