@@ -74,12 +74,7 @@ pub fn preset(name: &str) -> Result<WanPreset> {
                 "base_dim": 8, "z_dim": 16, "dim_mult": [1, 2, 2, 2], "num_res_blocks": 1,
                 "attn_scales": [], "temperal_downsample": [false, true, true], "dropout": 0.0,
             }))?,
-            text_encoder: from_json(json!({
-                "vocab_size": 0, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2,
-                "num_heads": 4, "relative_attention_num_buckets": 32,
-                "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
-                "dropout_rate": 0.0, "is_encoder_decoder": false, "use_cache": false,
-            }))?,
+            text_encoder: own_umt5(32, 8, 64)?,
             own_tokenizer: true,
             text_encoder_dtype: candle_core::DType::F32,
             scheduler: wan_unipc_scheduler(3.0),
@@ -160,12 +155,7 @@ fn tiny_world(description: &'static str, layers: usize, heads: usize) -> Result<
             "latents_std": [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
             "scale_factor_temporal": 4, "scale_factor_spatial": 4,
         }))?,
-        text_encoder: from_json(json!({
-            "vocab_size": 0, "d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 2,
-            "num_heads": 4, "relative_attention_num_buckets": 32,
-            "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
-            "dropout_rate": 0.0, "is_encoder_decoder": false, "use_cache": false,
-        }))?,
+        text_encoder: own_umt5(64, 16, 128)?,
         own_tokenizer: true,
         text_encoder_dtype: candle_core::DType::F32,
         scheduler: wan_unipc_scheduler(2.0),
@@ -180,4 +170,15 @@ fn tiny_world(description: &'static str, layers: usize, heads: usize) -> Result<
             negative_prompt: String::new(),
         },
     })
+}
+
+/// The small UMT5 encoder of vidgen's own models (2 layers of 4 heads, gated GELU, over the
+/// tokenizer `vidgen init` writes, whose size sets `vocab_size`).
+fn own_umt5(d_model: usize, d_kv: usize, d_ff: usize) -> Result<Umt5Config> {
+    from_json(json!({
+        "vocab_size": 0, "d_model": d_model, "d_kv": d_kv, "d_ff": d_ff, "num_layers": 2,
+        "num_heads": 4, "relative_attention_num_buckets": 32,
+        "relative_attention_max_distance": 128, "feed_forward_proj": "gated-gelu",
+        "dropout_rate": 0.0, "is_encoder_decoder": false, "use_cache": false,
+    }))
 }
