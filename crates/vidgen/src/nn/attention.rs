@@ -125,10 +125,10 @@ fn fused_cpu(
     let prep = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
     let bias = bias.map(prep).transpose()?;
     let bias_guard = bias.as_ref().map(|b| b.storage_and_layout());
-    let key_bias = match (&bias, &bias_guard) {
+    let score_bias = match (&bias, &bias_guard) {
         (Some(bias), Some((storage, layout))) => {
             let (bb, bh, bn, _) = bias.dims4()?;
-            Some(super::flash::KeyBias {
+            Some(super::flash::ScoreBias {
                 values: super::cpu_slice(storage, layout, bias.elem_count())?,
                 m,
                 query_rows: bn,
@@ -149,7 +149,9 @@ fn fused_cpu(
             with_cpu_slice(&k, |k| {
                 with_cpu_slice(&v, |v| {
                     let dims = (b * h, n, m, d);
-                    Ok(super::flash::attention_bf16(q, k, v, key_bias, dims, scale))
+                    Ok(super::flash::attention_bf16(
+                        q, k, v, score_bias, dims, scale,
+                    ))
                 })
             })
         })?;
@@ -163,7 +165,7 @@ fn fused_cpu(
                     q,
                     k,
                     v,
-                    key_bias,
+                    score_bias,
                     (b * h, n, m, d),
                     scale,
                 ))

@@ -14,18 +14,18 @@ const BQ: usize = 64;
 /// Key rows per tile.
 const BK: usize = 256;
 
-/// `softmax(q·kᵀ·scale + key_bias) · v` for `bh` independent (batch·head) problems.
+/// `softmax(q·kᵀ·scale + score_bias) · v` for `bh` independent (batch·head) problems.
 ///
 /// * `q` — `(bh, n, d)` row-major; `k`, `v` — `(bh, m, d)` row-major
-/// * `key_bias` — per problem, `m` values added to every row of its scores (a key-padding
-///   mask) or `n × m` values, one row per query (a position bias), see [`KeyBias`]
+/// * `score_bias` — per problem, `m` values added to every row of its scores (a key-padding
+///   mask) or `n × m` values, one row per query (a position bias), see [`ScoreBias`]
 ///
 /// Returns `(bh, n, d)`.
 pub fn attention_f32(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    key_bias: Option<KeyBias<'_>>,
+    score_bias: Option<ScoreBias<'_>>,
     (bh, n, m, d): (usize, usize, usize, usize),
     scale: f32,
 ) -> Vec<f32> {
@@ -41,7 +41,7 @@ pub fn attention_f32(
         let q_blk = &q[(p * n + row0) * d..(p * n + row0 + rows) * d];
         let k_p = &k[p * m * d..(p + 1) * m * d];
         let v_p = &v[p * m * d..(p + 1) * m * d];
-        let bias = key_bias.as_ref().map(|b| b.rows_from(p, row0));
+        let bias = score_bias.as_ref().map(|b| b.rows_from(p, row0));
         tile(scratch, q_blk, k_p, v_p, bias, rows, m, d, scale, dst);
     });
     out
@@ -51,7 +51,7 @@ pub fn attention_f32(
 /// and `R` 1 (the same `M` values for every query: a key-padding mask) or the `n` queries (a
 /// position bias), as `values` row-major: problem `p = b·heads + h` reads block
 /// `(b mod B')·H' + (h mod H')`.
-pub struct KeyBias<'a> {
+pub struct ScoreBias<'a> {
     pub values: &'a [f32],
     pub m: usize,
     /// `R`: 1, or the number of queries.
@@ -76,7 +76,7 @@ impl BiasRows<'_> {
     }
 }
 
-impl KeyBias<'_> {
+impl ScoreBias<'_> {
     /// Problem `p`'s bias from query row `row0` on.
     fn rows_from(&self, p: usize, row0: usize) -> BiasRows<'_> {
         let (b, h) = (p / self.heads, p % self.heads);
@@ -293,7 +293,7 @@ pub fn attention_bf16(
     q: &[bf16],
     k: &[bf16],
     v: &[bf16],
-    key_bias: Option<KeyBias<'_>>,
+    score_bias: Option<ScoreBias<'_>>,
     (bh, n, m, d): (usize, usize, usize, usize),
     scale: f32,
 ) -> Vec<bf16> {
@@ -325,7 +325,7 @@ pub fn attention_bf16(
         let rows = dst.len() / d;
         let q_blk = &q[(p * n + row0) * d..(p * n + row0 + rows) * d];
         let (keys, values) = &packed[p];
-        let bias = key_bias.as_ref().map(|b| b.rows_from(p, row0));
+        let bias = score_bias.as_ref().map(|b| b.rows_from(p, row0));
         s.start(rows, d);
         let mut k0 = 0;
         while k0 < m {
