@@ -69,9 +69,9 @@ struct BiasRows<'a> {
     stride: usize,
 }
 
-impl BiasRows<'_> {
+impl<'a> BiasRows<'a> {
     /// Columns `k0..k0 + cols` of row `r`.
-    fn row(&self, r: usize, k0: usize, cols: usize) -> &[f32] {
+    fn row(&self, r: usize, k0: usize, cols: usize) -> &'a [f32] {
         &self.values[r * self.stride + k0..r * self.stride + k0 + cols]
     }
 }
@@ -256,12 +256,8 @@ fn online_softmax(
     let rows = acc.len() / d.max(1);
     for r in 0..rows {
         let row = &mut scores[r * ld..r * ld + cols];
-        if let Some((bias, k0)) = bias {
-            for (x, b) in row.iter_mut().zip(bias.row(r, k0, cols)) {
-                *x += b;
-            }
-        }
-        let tile_max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let bias_row = bias.map(|(b, k0)| b.row(r, k0, cols));
+        let tile_max = add_bias_max(row, bias_row);
         let old = max[r];
         let new = old.max(tile_max);
         if new == f32::NEG_INFINITY {
@@ -283,6 +279,49 @@ fn online_softmax(
             }
         }
     }
+}
+
+/// Adds `bias` (if any) to `row` in place and returns the row's maximum (−∞ for an empty or
+/// all-masked row). Vectorised: AVX2 where the CPU has it.
+fn add_bias_max(row: &mut [f32], bias: Option<&[f32]>) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: the feature was just detected.
+            return unsafe { add_bias_max_avx2(row, bias) };
+        }
+    }
+    add_bias_max_generic(row, bias)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn add_bias_max_avx2(row: &mut [f32], bias: Option<&[f32]>) -> f32 {
+    add_bias_max_generic(row, bias)
+}
+
+#[inline(always)]
+fn add_bias_max_generic(row: &mut [f32], bias: Option<&[f32]>) -> f32 {
+    if let Some(bias) = bias {
+        for (x, b) in row.iter_mut().zip(bias) {
+            *x += b;
+        }
+    }
+    // 8 running maxima, so the loop vectorises (one is a serial chain); a plain comparison
+    // rather than `f32::max`, whose NaN rule does not vectorise (a NaN score stays out of the
+    // maximum either way)
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut chunks = row.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (l, &x) in lanes.iter_mut().zip(chunk) {
+            *l = if x > *l { x } else { *l };
+        }
+    }
+    let tail = chunks.remainder().iter();
+    lanes
+        .iter()
+        .chain(tail)
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
 }
 
 /// [`attention_f32`] for bf16 `q`, `k`, `v` on the bf16 dot product ([`super::bf16_gemm`],
@@ -350,7 +389,7 @@ pub fn attention_bf16(
             let pairs = cols.div_ceil(2);
             for r in 0..rows {
                 let (src, dst) = (&scores[r * BK..r * BK + cols], &mut probs[r * BK..]);
-                round_to_bf16(src, &mut dst[..cols]);
+                super::fused::round_to_bf16(src, &mut dst[..cols]);
                 dst[cols..2 * pairs].fill(bf16::ZERO);
             }
             product_f32(
@@ -369,32 +408,6 @@ pub fn attention_bf16(
         s.finish(rows, d, dst, super::fused::round_bf16);
     });
     out
-}
-
-/// `dst[j] = src[j]` rounded to bf16 (to nearest even, as `bf16::from_f32`), vectorised: AVX2
-/// where the CPU has it. `half`'s own conversion takes a branch per value.
-fn round_to_bf16(src: &[f32], dst: &mut [bf16]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx2") {
-            // SAFETY: the feature was just detected.
-            return unsafe { round_to_bf16_avx2(src, dst) };
-        }
-    }
-    round_to_bf16_generic(src, dst)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn round_to_bf16_avx2(src: &[f32], dst: &mut [bf16]) {
-    round_to_bf16_generic(src, dst)
-}
-
-#[inline(always)]
-fn round_to_bf16_generic(src: &[f32], dst: &mut [bf16]) {
-    for (o, x) in dst.iter_mut().zip(src) {
-        *o = super::fused::round_bf16(*x);
-    }
 }
 
 /// `row[j] = exp(row[j] − max)` in place; returns the sum. With AVX2 and FMA where the CPU has
@@ -435,16 +448,22 @@ fn exp_sub_sum_generic(row: &mut [f32], max: f32) -> f32 {
 }
 
 /// `e^x` for `x ≤ 0` (softmax arguments after subtracting the row max): `2^(x·log2 e)` split
-/// into the nearest integer power (built in the exponent bits) and `2^f`, `|f| ≤ 1/2`, by its
-/// degree-6 Taylor polynomial: relative error under 1e-6 on [−10, 0] (the rounding of
+/// into the nearest integer power `n` (built in the exponent bits) and `2^f`, `|f| ≤ 1/2`, by
+/// its degree-6 Taylor polynomial: relative error under 1e-6 on [−10, 0] (the rounding of
 /// `x·log2 e` in f32 dominates), 1e-5 down to −87, and `2^-125` below.
-/// Branch-free so the loop vectorises.
+/// Branch-free and cast-free so the loop vectorises: `n` is rounded by adding 1.5·2²³, which
+/// leaves it in the sum's low mantissa bits (a float-to-int `as` cast saturates, and its
+/// checks made the compiler convert lane by lane, three quarters of this function's time).
 #[inline(always)]
 pub(crate) fn fast_exp(x: f32) -> f32 {
-    let x = x.max(-87.0);
+    /// 1.5·2²³: for |t| < 2²², `t + ROUND` is `ROUND + round(t)` exactly.
+    const ROUND: f32 = 12_582_912.0;
+    // a comparison, not `f32::max` (whose NaN rule costs two more instructions per vector);
+    // a NaN `x` gives e^-87 either way
+    let x = if x > -87.0 { x } else { -87.0 };
     let t = x * std::f32::consts::LOG2_E;
-    let fi = (t + 0.5).floor();
-    let f = t - fi; // [-1/2, 1/2)
+    let shifted = t + ROUND;
+    let f = t - (shifted - ROUND); // [-1/2, 1/2]
     let p = 1.540_353_e-4_f32;
     let p = p.mul_add(f, 1.333_355_8e-3);
     let p = p.mul_add(f, 9.618_129e-3);
@@ -452,8 +471,9 @@ pub(crate) fn fast_exp(x: f32) -> f32 {
     let p = p.mul_add(f, 2.402_265e-1);
     let p = p.mul_add(f, std::f32::consts::LN_2);
     let p = p.mul_add(f, 1.0);
-    let bits = ((fi as i32 + 127) << 23) as u32;
-    p * f32::from_bits(bits)
+    // round(t) + 127 in the exponent field: round(t) is in [-126, 0] for x in [-87, 0]
+    let n = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    p * f32::from_bits(n.wrapping_add(127) << 23)
 }
 
 #[cfg(test)]

@@ -199,20 +199,22 @@ fn map_rows(
             CpuStorage::F32(out)
         }
         DType::BF16 => {
-            let mut out = vec![bf16::ZERO; rows * d];
-            out.par_chunks_mut(rows_per_task * d)
+            // every element is written below, so the buffer is not zeroed first
+            let mut out: Vec<bf16> = Vec::with_capacity(rows * d);
+            out.spare_capacity_mut()[..rows * d]
+                .par_chunks_mut(rows_per_task * d)
                 .enumerate()
                 .for_each_init(
                     || vec![0f32; d],
                     |buf, (t, chunk)| {
                         for (i, row) in chunk.chunks_exact_mut(d).enumerate() {
                             f(t * rows_per_task + i, buf);
-                            for (o, v) in row.iter_mut().zip(buf.iter()) {
-                                *o = round_bf16(*v);
-                            }
+                            round_row(buf, row);
                         }
                     },
                 );
+            // SAFETY: the chunks cover all rows · d elements and each row was written whole
+            unsafe { out.set_len(rows * d) };
             CpuStorage::BF16(out)
         }
         other => candle_core::bail!("fused CPU passes write f32 or bf16, not {other:?}"),
@@ -285,6 +287,39 @@ fn mean_inv_std(row: &[f32], eps: f32) -> (f32, f32) {
     let mean = lane_sum(row, |v| v) / d;
     let var = lane_sum(row, |v| (v - mean) * (v - mean)) / d;
     (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// `dst[j] = src[j]` rounded to bf16 ([`round_bf16`]), vectorised.
+pub(crate) fn round_to_bf16(src: &[f32], dst: &mut [bf16]) {
+    // SAFETY: `MaybeUninit<bf16>` has bf16's layout, and only initialised values are written
+    let dst = unsafe { &mut *(dst as *mut [bf16] as *mut [std::mem::MaybeUninit<bf16>]) };
+    round_row(src, dst)
+}
+
+/// `dst[j] = src[j]` rounded to bf16 ([`round_bf16`]) into a buffer that may be
+/// uninitialised: AVX2 where the CPU has it (the baseline build rounds with SSE2 only).
+fn round_row(src: &[f32], dst: &mut [std::mem::MaybeUninit<bf16>]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: the feature was just detected.
+            return unsafe { round_row_avx2(src, dst) };
+        }
+    }
+    round_row_generic(src, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn round_row_avx2(src: &[f32], dst: &mut [std::mem::MaybeUninit<bf16>]) {
+    round_row_generic(src, dst)
+}
+
+#[inline(always)]
+fn round_row_generic(src: &[f32], dst: &mut [std::mem::MaybeUninit<bf16>]) {
+    for (o, v) in dst.iter_mut().zip(src) {
+        o.write(round_bf16(*v));
+    }
 }
 
 /// f32 -> bf16, round to nearest even (as `bf16::from_f32`), without branches so that loops

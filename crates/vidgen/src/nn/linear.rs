@@ -1,13 +1,18 @@
 //! The linear layer every family uses: `y = x·Wᵀ + b` as one 2D matmul over all leading dims.
-//! bf16 on a CPU with AVX-512 BF16 takes [`super::bf16_gemm`] (inference only; it has no
-//! backward); everything else candle's matmul. Layers built inside [`quantized`] store their
-//! weight 8-bit (GGUF's Q8_0) and multiply with candle's quantized matmul.
+//! A bf16 weight on a CPU with AVX-512 BF16 is packed once, when the layer is built, into the
+//! operand layout of [`super::bf16_gemm`] (in place of the dense copy: the same bytes), and
+//! bf16 inputs multiply on that kernel (inference only; it has no backward); everything else
+//! takes candle's matmul. Layers built inside [`quantized`] store their weight 8-bit (GGUF's
+//! Q8_0) and multiply with candle's quantized matmul.
 
 use std::cell::Cell;
+use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Module, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
+
+use super::bf16_gemm::{self, Panels};
 
 /// A linear layer whose weight is stored `(out, in)` as in PyTorch checkpoints. Leading
 /// dimensions are flattened so the product is a single `(rows, in) × (in, out)` matmul rather
@@ -24,6 +29,8 @@ enum Weight {
     Dense(Tensor),
     /// The `(out, in)` weight in a GGUF block format; activations go in and out as f32.
     Quantized(QMatMul),
+    /// The `(out, in)` bf16 weight packed for [`super::bf16_gemm`] (CPU only).
+    PackedBf16(Arc<Panels>),
 }
 
 thread_local! {
@@ -46,12 +53,15 @@ pub fn quantized<T>(dtype: Option<GgmlDType>, build: impl FnOnce() -> T) -> T {
 }
 
 impl Linear {
-    /// From a `(out, in)` weight and an optional `(out,)` bias.
+    /// From a `(out, in)` weight and an optional `(out,)` bias. A bf16 CPU weight that is not
+    /// being trained is packed for the bf16 kernel where the CPU has it (unless
+    /// `VIDGEN_MATMUL=generic`, for before/after benchmarks in one run).
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self {
-            weight: Weight::Dense(weight.t().expect("a linear weight is 2D")),
-            bias,
-        }
+        let weight = match pack_bf16(&weight) {
+            Some(panels) => Weight::PackedBf16(Arc::new(panels)),
+            None => Weight::Dense(weight.t().expect("a linear weight is 2D")),
+        };
+        Self { weight, bias }
     }
 
     /// From a `(out, in)` weight stored as `dtype` (e.g. [`GgmlDType::Q8_0`]; its input width
@@ -70,6 +80,7 @@ impl Linear {
             Weight::Dense(w) => w.t(),
             Weight::Quantized(QMatMul::QTensor(q)) => q.dequantize(&candle_core::Device::Cpu),
             Weight::Quantized(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => Ok(w.clone()),
+            Weight::PackedBf16(p) => Tensor::from_vec(p.to_rows(), p.dims(), &Device::Cpu),
         }
     }
 
@@ -79,59 +90,53 @@ impl Linear {
     }
 }
 
-impl Linear {
-    /// bf16 inference on a CPU that has the bf16 dot product, unless
-    /// `VIDGEN_MATMUL=generic` (for before/after benchmarks in one run).
-    fn bf16_kernel_applies(&self, xs: &Tensor) -> bool {
-        static GENERIC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let generic =
-            *GENERIC.get_or_init(|| std::env::var("VIDGEN_MATMUL").is_ok_and(|v| v == "generic"));
-        let Weight::Dense(weight_t) = &self.weight else {
-            return false;
-        };
-        xs.dtype() == DType::BF16
-            && weight_t.dtype() == DType::BF16
-            && xs.device().is_cpu()
-            && xs.dim(1).is_ok_and(|k| k % 2 == 0)
-            && weight_t.t().is_ok_and(|w| w.is_contiguous())
-            && !xs.track_op()
-            && !weight_t.track_op()
-            && !generic
-            && super::bf16_gemm::available()
+/// The bf16 kernel's operand for `weight` `(out, in)` when it applies: bf16 on the CPU, not a
+/// trained variable, an even input width, a CPU with AVX-512 BF16, and not
+/// `VIDGEN_MATMUL=generic`.
+fn pack_bf16(weight: &Tensor) -> Option<Panels> {
+    static GENERIC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let generic =
+        *GENERIC.get_or_init(|| std::env::var("VIDGEN_MATMUL").is_ok_and(|v| v == "generic"));
+    let (n, k) = weight.dims2().ok()?;
+    let applies = weight.dtype() == DType::BF16
+        && weight.device().is_cpu()
+        && k % 2 == 0
+        && !weight.track_op()
+        && !generic
+        && bf16_gemm::available();
+    if !applies {
+        return None;
     }
+    let rows = weight.flatten_all().ok()?.to_vec1::<half::bf16>().ok()?;
+    Some(Panels::from_rows(&rows, n, k))
 }
 
-/// `(rows, in)` × the `(out, in)` weight (+ bias) on [`super::bf16_gemm`].
+/// `(rows, in)` × a packed `(out, in)` weight (+ bias) on [`super::bf16_gemm`].
 struct Bf16Linear {
+    weight: Arc<Panels>,
     bias: Option<Vec<f32>>,
 }
 
-impl CustomOp2 for Bf16Linear {
+impl CustomOp1 for Bf16Linear {
     fn name(&self) -> &'static str {
         "bf16-linear"
     }
 
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        lx: &Layout,
-        w: &CpuStorage,
-        lw: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::BF16(x), CpuStorage::BF16(w)) = (x, w) else {
-            candle_core::bail!("bf16-linear takes bf16 operands")
+    fn cpu_fwd(&self, x: &CpuStorage, lx: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::BF16(x) = x else {
+            candle_core::bail!("bf16-linear takes bf16 input")
         };
-        let (Some((xs, xe)), Some((ws, we))) = (lx.contiguous_offsets(), lw.contiguous_offsets())
-        else {
-            candle_core::bail!("bf16-linear takes contiguous operands")
+        let Some((xs, xe)) = lx.contiguous_offsets() else {
+            candle_core::bail!("bf16-linear takes a contiguous input")
         };
-        let (&[m, k], &[n, kw]) = (lx.dims(), lw.dims()) else {
-            candle_core::bail!("bf16-linear takes 2D operands")
+        let (n, k) = self.weight.dims();
+        let &[m, kx] = lx.dims() else {
+            candle_core::bail!("bf16-linear takes a 2D input")
         };
-        if k != kw {
-            candle_core::bail!("bf16-linear: x is (_, {k}) but the weight is ({n}, {kw})")
+        if kx != k {
+            candle_core::bail!("bf16-linear: x is (_, {kx}) but the weight is ({n}, {k})")
         }
-        let y = super::bf16_gemm::linear(&x[xs..xe], &w[ws..we], self.bias.as_deref(), (m, n, k));
+        let y = bf16_gemm::linear_packed(&x[xs..xe], &self.weight, self.bias.as_deref(), m);
         Ok((CpuStorage::BF16(y), Shape::from((m, n))))
     }
 }
@@ -170,12 +175,26 @@ impl Module for Linear {
                 };
                 ys.to_dtype(xs.dtype())?
             }
-            Weight::Dense(weight_t) if self.bf16_kernel_applies(&xs2) => {
-                let bias = match &self.bias {
-                    Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
-                    None => None,
-                };
-                xs2.apply_op2_no_bwd(&weight_t.t()?, &Bf16Linear { bias })?
+            Weight::PackedBf16(panels) => {
+                if xs2.dtype() == DType::BF16 && xs2.device().is_cpu() && !xs2.track_op() {
+                    let bias = match &self.bias {
+                        Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+                        None => None,
+                    };
+                    let op = Bf16Linear {
+                        weight: panels.clone(),
+                        bias,
+                    };
+                    xs2.apply_op1_no_bwd(&op)?
+                } else {
+                    // an input the kernel does not take (another dtype, or one being
+                    // differentiated): the dense weight, rebuilt for this call
+                    let ys = xs2.matmul(&self.weight()?.t()?)?;
+                    match &self.bias {
+                        Some(b) => super::broadcast::add(&ys, b)?,
+                        None => ys,
+                    }
+                }
             }
             Weight::Dense(weight_t) => {
                 let ys = xs2.matmul(weight_t)?;
@@ -244,8 +263,29 @@ mod tests {
         let w = Tensor::randn(0f32, 1., (40, 66), &dev)?.to_dtype(DType::BF16)?;
         let b = Tensor::randn(0f32, 1., 40, &dev)?.to_dtype(DType::BF16)?;
         let x = Tensor::randn(0f32, 1., (3, 9, 66), &dev)?.to_dtype(DType::BF16)?;
-        let ours = Linear::new(w.clone(), Some(b.clone())).forward(&x)?;
+        let layer = Linear::new(w.clone(), Some(b.clone()));
+        let ours = layer.forward(&x)?;
         assert_eq!((ours.dims(), ours.dtype()), (&[3, 9, 40][..], DType::BF16));
+        // packed or not, the layer gives its weight back bit for bit
+        let back = layer.weight()?;
+        assert_eq!(back.dims(), w.dims());
+        let same = back
+            .eq(&w)?
+            .to_dtype(DType::F32)?
+            .min_all()?
+            .to_scalar::<f32>()?;
+        assert_eq!(same, 1.0);
+        // an input the kernel does not take (tracked for a backward pass) multiplies the
+        // dense weight instead: the same product to the bf16 rounding of candle's matmul
+        let tracked = candle_core::Var::from_tensor(&x)?;
+        let via_candle = layer.forward(tracked.as_tensor())?;
+        let diff = (via_candle.to_dtype(DType::F32)? - ours.to_dtype(DType::F32)?)?;
+        let scale = ours
+            .to_dtype(DType::F32)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(diff.abs()?.max_all()?.to_scalar::<f32>()? <= 0.02 * scale);
         let f32 = |t: &Tensor| t.to_dtype(DType::F32);
         let want = Linear::new(f32(&w)?, Some(f32(&b)?)).forward(&f32(&x)?)?;
         // bf16 keeps 8 bits of mantissa: one rounding of the output (plus, on the candle
