@@ -202,6 +202,91 @@ fn every_transformer_and_vae_weight_gets_a_gradient() {
     assert_every_weight_has_a_gradient(&map, &loss.backward().unwrap());
 }
 
+/// The weights of one safetensors file.
+fn load(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &candle_core::Device::Cpu).unwrap()
+}
+
+#[test]
+fn a_trained_text_encoder_learns_resumes_and_is_exported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    small_model(&model);
+    let text_file = model.join("text_encoder/model.safetensors");
+    let before = load(&text_file);
+    let config = |out: &Path| {
+        let mut cfg = config(&model, out, "dit", 4, "");
+        cfg.dit.train_text_encoder = true;
+        cfg.optim.weight_decay = 0.0; // so a weight that moved had a gradient
+        cfg
+    };
+    let whole = tmp.path().join("whole");
+    let mut a = Trainer::new(config(&whole), false).unwrap();
+    for _ in 0..4 {
+        a.step().unwrap();
+    }
+    let trained = a.export_weights();
+    let text_names: Vec<&String> = trained
+        .keys()
+        .filter(|n| n.starts_with("text_encoder."))
+        .collect();
+    assert_eq!(
+        text_names.len(),
+        before.len(),
+        "every encoder weight is trained"
+    );
+
+    // a resumed run trains the encoder to the same bits
+    let split = tmp.path().join("split");
+    let mut b = Trainer::new(config(&split), false).unwrap();
+    for _ in 0..2 {
+        b.step().unwrap();
+    }
+    b.save_checkpoint().unwrap();
+    drop(b);
+    let mut b = Trainer::new(config(&split), true).unwrap();
+    for _ in 0..2 {
+        b.step().unwrap();
+    }
+    assert!(weights_equal(&trained, &b.export_weights()));
+
+    // the export writes the encoder into the model folder under its own names: every weight
+    // moved (the position-bias table and the embedding included), and the folder still loads
+    a.save_checkpoint().unwrap();
+    let after = load(&text_file);
+    assert_eq!(
+        after.keys().collect::<std::collections::BTreeSet<_>>(),
+        before.keys().collect()
+    );
+    for (name, t) in &after {
+        let moved = (t - &before[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(
+            moved.to_scalar::<f32>().unwrap() > 0.0,
+            "{name} did not train"
+        );
+    }
+    let transformer = load(&model.join("transformer/diffusion_pytorch_model.safetensors"));
+    assert!(transformer.keys().all(|n| !n.starts_with("text_encoder")));
+    let mut pipe = vidgen::pipeline::load(&model, Default::default()).unwrap();
+    let req = vidgen::pipeline::GenerateRequest {
+        prompt: "a red ball bounces on the floor".into(),
+        num_frames: Some(5),
+        height: Some(32),
+        width: Some(32),
+        num_inference_steps: Some(2),
+        ..Default::default()
+    };
+    assert_eq!(
+        pipe.generate(&req, &mut |_| {}).unwrap().frames.dims(),
+        &[5, 32, 32, 3]
+    );
+}
+
 #[test]
 fn bad_runs_say_what_is_wrong() {
     let tmp = tempfile::tempdir().unwrap();

@@ -343,8 +343,9 @@ impl T5Attention {
         let Some(table) = &self.relative_attention_bias else {
             return Ok(None);
         };
-        if !buckets.device().is_cpu() {
-            // (L·L, H) -> h lq lk -> 1 h lq lk, gathered on the device
+        if !buckets.device().is_cpu() || table.embeddings().track_op() {
+            // (L·L, H) -> h lq lk -> 1 h lq lk, gathered on the device (and differentiable,
+            // for a table being trained)
             let bias = table
                 .forward(buckets)?
                 .to_dtype(DType::F32)?

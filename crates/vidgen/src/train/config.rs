@@ -186,6 +186,11 @@ pub struct DitLossConfig {
     /// and the prediction at zero: DiT's AdaLN-Zero initialisation.
     #[serde(default = "defaults::yes")]
     pub zero_init: bool,
+    /// Train the text encoder together with the DiT (its gradients come through the DiT's
+    /// cross-attention; the model folder's `text_encoder/` is exported with the transformer).
+    /// Off: the encoder stays as it is and each caption is encoded once.
+    #[serde(default)]
+    pub train_text_encoder: bool,
     /// Prompts rendered at each sampling point (the model folder's defaults set the size).
     #[serde(default)]
     pub sample_prompts: Vec<String>,

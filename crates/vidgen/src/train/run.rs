@@ -22,6 +22,7 @@ use crate::families::wan::transformer::WanTransformer3D;
 use crate::families::wan::vae::{AutoencoderKlWan, AutoencoderKlWanConfig};
 use crate::noise::NoiseRng;
 use crate::pipeline::{build_component, LoadOptions, ModelDefaults};
+use crate::text::{encode_prompts, T5Config, T5EncoderModel};
 use crate::{Error, Result};
 
 /// Checkpoints kept in `out/checkpoints` (older ones are deleted).
@@ -45,13 +46,21 @@ pub struct StepReport {
 struct DitState {
     config: WanTransformerConfig,
     vae: AutoencoderKlWan,
+    /// The frozen text encoder (and the tokenizer, also when the encoder is trained).
     text: WanPipeline,
+    /// With `dit.train_text_encoder`: the encoder's config; its weights are vars of the run
+    /// under [`TEXT_PREFIX`].
+    trained_text: Option<T5Config>,
     max_len: usize,
     /// Each clip drawn so far, encoded: by (bucket size, clip index).
     encoded: HashMap<([usize; 3], usize), EncodedClip>,
     /// Text states `(1, L, D_text)` by caption.
     texts: HashMap<String, Tensor>,
 }
+
+/// Where a trained text encoder's vars sit in a DiT run's var map (and optimizer state):
+/// `text_encoder.<name in text_encoder/model.safetensors>`.
+const TEXT_PREFIX: &str = "text_encoder";
 
 /// A clip as the DiT trains on it: normalised VAE latents `(1, C, T, h, w)` and its caption.
 struct EncodedClip {
@@ -226,7 +235,14 @@ impl Trainer {
                     crate::pipeline::read_config(model, "transformer", "WanTransformer3DModel")?;
                 let (_, ph, pw) = config.patch().map_err(Error::InvalidRequest)?;
                 check_buckets(&cfg, tc, sc * ph.max(pw), "the VAE and the DiT's patches")?;
-                WanTransformer3D::new(&config, vb)?;
+                WanTransformer3D::new(&config, vb.clone())?;
+                let trained_text = if cfg.dit.train_text_encoder {
+                    let text_cfg = T5Config::from_file(model.join("text_encoder/config.json"))?;
+                    T5EncoderModel::new(&text_cfg, vb.pp(TEXT_PREFIX))?;
+                    Some(text_cfg)
+                } else {
+                    None
+                };
                 let vae = build_component(model, "vae", DType::F32, &device, |vb| {
                     AutoencoderKlWan::new(&vae_cfg, vb)
                 })?;
@@ -241,13 +257,21 @@ impl Trainer {
                     config,
                     vae,
                     text,
+                    trained_text,
                     max_len,
                     encoded: HashMap::new(),
                     texts: HashMap::new(),
                 }))
             }
         };
-        load_into(&varmap, &model.join(cfg.part.component()), &device)?;
+        load_into(
+            &varmap,
+            &[
+                (TEXT_PREFIX, model.join("text_encoder")),
+                ("", model.join(cfg.part.component())),
+            ],
+            &device,
+        )?;
         if latest.is_none() {
             match cfg.part {
                 Part::Dit if cfg.dit.zero_init => zero_adaln(&varmap)?,
@@ -442,19 +466,30 @@ impl Trainer {
             unreachable!("dit_loss on a VAE run")
         };
         let mut latents = Vec::with_capacity(plan.clips.len());
-        let mut texts = Vec::with_capacity(plan.clips.len());
+        let mut captions = Vec::with_capacity(plan.clips.len());
         for (&index, &drop) in plan.clips.iter().zip(&plan.drop_caption) {
             let clip = &state.encoded[&(plan.size, index)];
             latents.push(clip.latents.clone());
-            let caption = if drop {
-                String::new()
-            } else {
-                clip.caption.clone()
-            };
-            texts.push(state.text_of(&caption, &self.device)?);
+            captions.push(if drop { "" } else { clip.caption.as_str() });
         }
         let x0 = Tensor::cat(&latents, 0)?;
-        let text = Tensor::cat(&texts, 0)?;
+        let text = match &state.trained_text {
+            // the encoder being trained: this batch's captions through it, as the pipeline
+            // encodes prompts (cleaned, masked, zeroed past each caption's length)
+            Some(text_cfg) => {
+                let vb = VarBuilder::from_varmap(&self.varmap, DType::F32, &self.device);
+                let encoder = T5EncoderModel::new(text_cfg, vb.pp(TEXT_PREFIX))?;
+                encode_prompts(state.text.tokenizer(), &encoder, &captions, state.max_len)?
+            }
+            None => {
+                let captions: Vec<String> = captions.iter().map(|c| c.to_string()).collect();
+                let texts = captions
+                    .iter()
+                    .map(|c| state.text_of(c, &self.device))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&texts, 0)?
+            }
+        };
         let b = x0.dim(0)?;
 
         let mut rng = NoiseRng::new(plan.noise_seed);
@@ -608,26 +643,50 @@ fn init_logvar(varmap: &VarMap, value: f64) -> Result<()> {
     Ok(())
 }
 
-/// Sets every var of `varmap` from the weights in `dir`; a missing or mis-shaped one is an error.
-fn load_into(varmap: &VarMap, dir: &Path, device: &Device) -> Result<()> {
-    let mut tensors = HashMap::new();
-    for file in weight_files(dir)? {
-        let loaded =
-            candle_core::safetensors::load(&file, device).map_err(|e| Error::BadWeights {
-                path: file.clone(),
-                reason: e.to_string(),
-            })?;
-        tensors.extend(loaded);
-    }
-    for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
-        let t = tensors.get(name).ok_or_else(|| Error::BadWeights {
+/// Sets every var of `varmap` from the weights of the folders in `sources`, `(prefix, dir)`:
+/// a var named `prefix.name` loads `name` from `dir`, the first matching prefix winning (`""`
+/// matches every name, as it is). A missing or mis-shaped weight is an error; a folder no var
+/// reads is not opened.
+fn load_into(varmap: &VarMap, sources: &[(&str, PathBuf)], device: &Device) -> Result<()> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let source_of = |name: &str| -> Option<(usize, String)> {
+        sources.iter().enumerate().find_map(|(i, (prefix, _))| {
+            if prefix.is_empty() {
+                Some((i, name.to_string()))
+            } else {
+                name.strip_prefix(&format!("{prefix}."))
+                    .map(|rest| (i, rest.to_string()))
+            }
+        })
+    };
+    let mut loaded: Vec<Option<HashMap<String, Tensor>>> = vec![None; sources.len()];
+    for (name, var) in data.iter() {
+        let Some((i, key)) = source_of(name) else {
+            continue;
+        };
+        let dir = &sources[i].1;
+        if loaded[i].is_none() {
+            let mut tensors = HashMap::new();
+            for file in weight_files(dir)? {
+                let file_tensors = candle_core::safetensors::load(&file, device).map_err(|e| {
+                    Error::BadWeights {
+                        path: file.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                tensors.extend(file_tensors);
+            }
+            loaded[i] = Some(tensors);
+        }
+        let tensors = loaded[i].as_ref().expect("loaded above");
+        let t = tensors.get(&key).ok_or_else(|| Error::BadWeights {
             path: dir.to_path_buf(),
-            reason: format!("missing weight {name}"),
+            reason: format!("missing weight {key}"),
         })?;
         if t.dims() != var.dims() {
             return Err(Error::BadWeights {
                 path: dir.to_path_buf(),
-                reason: format!("{name} has shape {:?}, expected {:?}", t.dims(), var.dims()),
+                reason: format!("{key} has shape {:?}, expected {:?}", t.dims(), var.dims()),
             });
         }
         var.set(&t.to_dtype(var.dtype())?)?;
@@ -738,6 +797,23 @@ impl Trainer {
             let text = serde_json::to_string_pretty(&json)
                 .map_err(|e| Error::InvalidRequest(e.to_string()))?;
             write_atomic(&path, (text + "\n").as_bytes())?;
+        }
+        // a trained text encoder's weights go to its own folder, under their own names
+        let prefix = format!("{TEXT_PREFIX}.");
+        let (text, weights): (HashMap<_, _>, HashMap<_, _>) = weights
+            .into_iter()
+            .partition(|(name, _)| name.starts_with(&prefix));
+        if !text.is_empty() {
+            let text: HashMap<String, Tensor> = text
+                .into_iter()
+                .map(|(name, t)| (name[prefix.len()..].to_string(), t))
+                .collect();
+            let path = self
+                .cfg
+                .model
+                .join("text_encoder")
+                .join("model.safetensors");
+            save_safetensors_atomic(&path, &text)?;
         }
         save_safetensors_atomic(&dir.join("diffusion_pytorch_model.safetensors"), &weights)
     }

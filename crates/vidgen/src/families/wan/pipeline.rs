@@ -371,6 +371,11 @@ impl WanPipeline {
         })
     }
 
+    /// The prompt tokenizer (`tokenizer/tokenizer.json`).
+    pub fn tokenizer(&self) -> &PromptTokenizer {
+        &self.tokenizer
+    }
+
     /// Prompts → `(B, L, D_txt)` text states, building the text encoder for the call only
     /// (unless `keep_loaded`).
     pub fn encode_text(&mut self, prompts: &[&str], max_len: usize) -> Result<Tensor> {
