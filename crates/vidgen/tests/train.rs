@@ -85,7 +85,12 @@ fn overfitting_two_clips_lowers_both_losses() {
     dit.save_checkpoint().unwrap();
     dit.write_loss_curve().unwrap();
     assert!(tmp.path().join("dit/loss.png").is_file());
-    let mut pipe = vidgen::pipeline::load(&model, Default::default()).unwrap();
+    assert_generates(&model);
+}
+
+/// The pipeline loads `model` and makes a 5-frame 32x32 clip with it.
+fn assert_generates(model: &Path) {
+    let mut pipe = vidgen::pipeline::load(model, Default::default()).unwrap();
     let req = vidgen::pipeline::GenerateRequest {
         prompt: "a red ball bounces on the floor".into(),
         num_frames: Some(5),
@@ -272,19 +277,7 @@ fn a_trained_text_encoder_learns_resumes_and_is_exported() {
     }
     let transformer = load(&model.join("transformer/diffusion_pytorch_model.safetensors"));
     assert!(transformer.keys().all(|n| !n.starts_with("text_encoder")));
-    let mut pipe = vidgen::pipeline::load(&model, Default::default()).unwrap();
-    let req = vidgen::pipeline::GenerateRequest {
-        prompt: "a red ball bounces on the floor".into(),
-        num_frames: Some(5),
-        height: Some(32),
-        width: Some(32),
-        num_inference_steps: Some(2),
-        ..Default::default()
-    };
-    assert_eq!(
-        pipe.generate(&req, &mut |_| {}).unwrap().frames.dims(),
-        &[5, 32, 32, 3]
-    );
+    assert_generates(&model);
 }
 
 #[test]
