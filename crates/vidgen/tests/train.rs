@@ -241,6 +241,39 @@ fn a_trained_text_encoder_learns_resumes_and_is_exported() {
         "every encoder weight is trained"
     );
 
+    // its own learning rate: Adam's first update is ±lr per element, so 10x the rate moves
+    // the encoder 10x as far in one step, and the DiT's weights as far as before
+    let first_step = |scale: f64, out: &str| {
+        let mut cfg = config(&tmp.path().join(out));
+        cfg.dit.text_encoder_lr_scale = scale;
+        // (AdaLN-Zero would zero the output projection, and with it the first step's gradient
+        // reaching the encoder)
+        cfg.dit.zero_init = false;
+        let mut run = Trainer::new(cfg, false).unwrap();
+        run.step().unwrap();
+        run.export_weights()
+    };
+    let (one, ten) = (first_step(1.0, "lr1"), first_step(10.0, "lr10"));
+    let moved = |w: &HashMap<String, Tensor>, name: &str, start: &Tensor| {
+        let d = (&w[name] - start)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .mean_all()
+            .unwrap();
+        d.to_scalar::<f32>().unwrap()
+    };
+    let q = "encoder.block.0.layer.0.SelfAttention.q.weight";
+    let text_ratio = moved(&ten, &format!("text_encoder.{q}"), &before[q])
+        / moved(&one, &format!("text_encoder.{q}"), &before[q]);
+    assert!(
+        (9.0..11.0).contains(&text_ratio),
+        "text encoder moved {text_ratio}x"
+    );
+    let dit = load(&model.join("transformer/diffusion_pytorch_model.safetensors"));
+    let name = "proj_out.weight";
+    assert_eq!(moved(&ten, name, &dit[name]), moved(&one, name, &dit[name]));
+
     // a resumed run trains the encoder to the same bits
     let split = tmp.path().join("split");
     let mut b = Trainer::new(config(&split), false).unwrap();

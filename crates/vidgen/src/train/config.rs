@@ -191,6 +191,10 @@ pub struct DitLossConfig {
     /// Off: the encoder stays as it is and each caption is encoded once.
     #[serde(default)]
     pub train_text_encoder: bool,
+    /// The trained text encoder's learning rate as a multiple of `optim.lr` (its schedule
+    /// follows the same warmup and cosine).
+    #[serde(default = "defaults::one_f")]
+    pub text_encoder_lr_scale: f64,
     /// Prompts rendered at each sampling point (the model folder's defaults set the size).
     #[serde(default)]
     pub sample_prompts: Vec<String>,
@@ -377,6 +381,12 @@ impl TrainConfig {
             return Err(format!(
                 "dit.timestep_sampling {:?} is not supported; use \"logit-normal\" or \"uniform\"",
                 self.dit.timestep_sampling
+            ));
+        }
+        if !(self.dit.text_encoder_lr_scale > 0.0 && self.dit.text_encoder_lr_scale.is_finite()) {
+            return Err(format!(
+                "dit.text_encoder_lr_scale must be a positive number, got {}",
+                self.dit.text_encoder_lr_scale
             ));
         }
         if self.dit.shift.is_nan()

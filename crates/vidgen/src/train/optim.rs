@@ -26,6 +26,8 @@ pub struct AdamW {
     m: Vec<Tensor>,
     v: Vec<Tensor>,
     ema: Vec<Tensor>,
+    /// Each weight's multiplier of the scheduled learning rate (1 unless [`AdamW::scale_lr`]).
+    lr_scale: Vec<f64>,
     /// Optimizer steps taken.
     pub step: usize,
     cfg: OptimConfig,
@@ -63,10 +65,21 @@ impl AdamW {
                 .iter()
                 .map(|(_, p)| p.as_detached_tensor().copy())
                 .collect::<Result<_>>()?,
+            lr_scale: vec![1.0; params.len()],
             params,
             step: 0,
             cfg,
         })
+    }
+
+    /// Multiplies the learning rate of the weights whose names start with `prefix` by `scale`
+    /// (e.g. a text encoder trained from its initialisation beside a trained DiT).
+    pub fn scale_lr(&mut self, prefix: &str, scale: f64) {
+        for ((name, _), s) in self.params.iter().zip(&mut self.lr_scale) {
+            if name.starts_with(prefix) {
+                *s = scale;
+            }
+        }
     }
 
     /// Adds `grads` of the trainable weights into `sum` (gradient accumulation).
@@ -123,6 +136,7 @@ impl AdamW {
             let Some(g) = g else { continue };
             let g = (g * clip)?;
             let (name, p) = &self.params[i];
+            let lr = lr * self.lr_scale[i];
             self.m[i] = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?;
             self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
             let update = ((&self.m[i] / c1)? / ((&self.v[i] / c2)?.sqrt()? + self.cfg.eps)?)?;

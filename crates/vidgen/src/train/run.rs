@@ -285,6 +285,7 @@ impl Trainer {
         }
         let params: HashMap<String, Var> = varmap.data().lock().expect("varmap lock").clone();
         let mut opt = AdamW::new(params, cfg.optim.clone())?;
+        opt.scale_lr(&format!("{TEXT_PREFIX}."), cfg.dit.text_encoder_lr_scale);
 
         let mut history = Vec::new();
         if let Some(dir) = latest {
