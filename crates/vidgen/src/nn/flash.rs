@@ -240,8 +240,8 @@ fn tile(
 }
 
 /// One key tile of the online softmax: adds the bias (its columns from `k0`) to each of the
-/// `rows` score rows (`cols` scores at stride `ld`), turns them into `exp(score − running max)`, and rescales the
-/// running sums and the `d`-wide accumulator rows to the new maxima.
+/// `rows` score rows (`cols` scores at stride `ld`), turns them into `exp(score − running
+/// max)`, and rescales the running sums and the `d`-wide accumulator rows to the new maxima.
 #[allow(clippy::too_many_arguments)]
 fn online_softmax(
     max: &mut [f32],

@@ -630,19 +630,14 @@ unsafe fn gelu_grad_row_avx2(x: &[f32], grad: &mut [f32]) {
 
 #[inline(always)]
 fn gelu_grad_row_generic(x: &[f32], grad: &mut [f32]) {
-    const C: f32 = 0.797_884_6; // √(2/π)
-    const A: f32 = 0.044_715;
     for (g, &x) in grad.iter_mut().zip(x) {
-        let u = C * x.mul_add(A * x * x, x);
-        let e = super::flash::fast_exp(-2.0 * u.abs());
-        let s = if u >= 0.0 { 1.0 } else { e } / (1.0 + e);
-        let du = C * (3.0 * A * x).mul_add(x, 1.0);
+        let s = gelu_gate(x);
+        let du = GELU_C * (3.0 * GELU_A * x).mul_add(x, 1.0);
         *g *= s + 2.0 * x * s * (1.0 - s) * du;
     }
 }
 
-/// `x·σ(2u)` with `u = √(2/π)(x + 0.044715x³)`, which is `0.5x(1 + tanh u)`; `σ` from
-/// `e^{−2|u|}` so the exponential's argument is never positive.
+/// `x·σ(2u)` in place ([`gelu_gate`]), which is `0.5x(1 + tanh u)`.
 fn gelu_row(row: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -662,14 +657,22 @@ unsafe fn gelu_row_avx2(row: &mut [f32]) {
 
 #[inline(always)]
 fn gelu_row_generic(row: &mut [f32]) {
-    const C: f32 = 0.797_884_6; // √(2/π)
     for v in row.iter_mut() {
-        let x = *v;
-        let u = C * x.mul_add(0.044_715 * x * x, x);
-        let e = super::flash::fast_exp(-2.0 * u.abs());
-        let s = if u >= 0.0 { 1.0 } else { e } / (1.0 + e);
-        *v = x * s;
+        *v *= gelu_gate(*v);
     }
+}
+
+/// √(2/π) and the cubic coefficient of GELU's tanh approximation.
+const GELU_C: f32 = 0.797_884_6;
+const GELU_A: f32 = 0.044_715;
+
+/// GELU's gate `σ(2u) = (1 + tanh u) / 2`, `u = √(2/π)(x + 0.044715x³)`, so `gelu(x) = x·σ(2u)`;
+/// `σ` from `e^{−2|u|}` so the exponential's argument is never positive.
+#[inline(always)]
+fn gelu_gate(x: f32) -> f32 {
+    let u = GELU_C * x.mul_add(GELU_A * x * x, x);
+    let e = super::flash::fast_exp(-2.0 * u.abs());
+    (if u >= 0.0 { 1.0 } else { e }) / (1.0 + e)
 }
 
 #[cfg(test)]
