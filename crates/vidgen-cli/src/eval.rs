@@ -143,7 +143,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             generate(pipeline.as_mut(), &args, &spec, &clip.caption, seed)?
         };
         let seconds = clip_started.elapsed().as_secs_f64();
-        let score = score_clip(&video, f, h, w, &clip.truth);
+        let score = score_clip(&video, f, h, w, &clip.truth, &clip.caption);
         let mut entry = serde_json::json!({
             "seed": seed,
             "caption": clip.caption,

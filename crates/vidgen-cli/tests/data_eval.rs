@@ -55,7 +55,7 @@ fn data_world_writes_clips_captions_truths_and_a_manifest() {
         // The mp4 decodes back to the clip's size, and still scores as the clip's truth says.
         let frames = vidgen_video::read(&out.join(format!("{stem}.mp4"))).unwrap();
         assert_eq!((frames.frames, frames.height, frames.width), (9, 48, 80));
-        let score = vidgen::eval::score_clip(&frames.data, 9, 48, 80, &truth);
+        let score = vidgen::eval::score_clip(&frames.data, 9, 48, 80, &truth, &caption);
         assert!(score.colour && score.shape, "{stem} `{caption}`: {score:?}");
     }
     // Same seeds, same captions.

@@ -9,8 +9,10 @@
 //!
 //! Colour is the palette colour nearest a blob's core; shape is the blob's coverage over its
 //! bounding box (ball ≈ π/4, square ≈ 1, triangle ≈ 1/2) and the share of it below its centre
-//! (triangle ≈ 3/4), on frames where it is not cut by the border or the wall; direction is the box centre's displacement from the first to the last
-//! frame it is found in (under 10 % of the frame counts as still); trajectory error (falls and
+//! (triangle ≈ 3/4), on frames where it is not cut by the border or the wall; direction is the
+//! box centre's displacement from the first to the last frame it is found in (under 10 % of the
+//! frame counts as still), held to what the prompt asks ([`asked`]: a side it names, or away
+//! from / toward the second-named object where it names none); trajectory error (falls and
 //! bounces) is the mean |y − y_true| / H, a missed frame counting 1; permanence asks that the
 //! object be found both before and after the frames the truth hides it behind the wall;
 //! consistency is the fraction of consecutive fully-visible frame pairs whose object keeps its
@@ -21,7 +23,7 @@ pub mod similarity;
 
 use serde::Serialize;
 
-use crate::data::{Direction, SceneKind, Shape, Truth, COLOURS};
+use crate::data::{Direction, Relation, SceneKind, Shape, Truth, COLOURS};
 use detect::{find_blobs, Blob};
 
 /// Below this displacement (fraction of the frame side) an object counts as still.
@@ -44,12 +46,17 @@ pub struct ClipScore {
     pub detected_colour: Option<String>,
     pub detected_shape: Option<String>,
     pub detected_direction: Option<String>,
+    /// The directions the prompt accepts (`left or right`; empty when it depends on a second
+    /// object that is never seen with the first).
+    pub expected_direction: String,
 }
 
 /// Scores one video against what its prompt asked.
 ///
 /// * `video` — `(F, H, W, 3)` RGB in [0, 1]; its height may differ from the truth's, whose
 ///   positions are then rescaled.
+/// * `caption` — the prompt the video was made from, written from `truth`: it says whether a
+///   side was asked for ([`asked`]).
 ///
 /// # Panics
 ///
@@ -60,6 +67,7 @@ pub fn score_clip(
     height: usize,
     width: usize,
     truth: &Truth,
+    caption: &str,
 ) -> ClipScore {
     assert_eq!(
         video.len(),
@@ -67,11 +75,18 @@ pub fn score_clip(
         "score_clip: video is not (F, H, W, 3) = ({num_frames}, {height}, {width}, 3)"
     );
     let first = &truth.objects[0];
-    let target = COLOURS.iter().position(|(n, _)| *n == first.colour);
-    // 1. the first-named object in every frame
-    let track: Vec<Option<Blob>> = video
+    let colour_index = |name: &str| COLOURS.iter().position(|(n, _)| *n == name);
+    let target = colour_index(&first.colour);
+    // 1. the first-named object in every frame (and the second-named one, by its colour only)
+    let blobs: Vec<Vec<Blob>> = video
         .chunks_exact(height * width * 3)
-        .map(|frame| pick(find_blobs(frame, height, width), target))
+        .map(|frame| find_blobs(frame, height, width))
+        .collect();
+    let track: Vec<Option<Blob>> = blobs.iter().map(|b| pick(b, target)).collect();
+    let other_target = truth.objects.get(1).and_then(|o| colour_index(&o.colour));
+    let other_track: Vec<Option<Blob>> = blobs
+        .iter()
+        .map(|b| other_target.and_then(|t| pick_exact(b, t)))
         .collect();
     let found: Vec<(usize, &Blob)> = track
         .iter()
@@ -157,28 +172,97 @@ pub fn score_clip(
         consistent as f64 / pairs.len() as f64
     };
 
-    let expected = truth.expected_direction();
+    let accepted = accepted_directions(asked(truth, caption), &track, &other_track);
     ClipScore {
         colour: detected_colour == Some(first.colour.as_str()),
         shape: detected_shape == Some(first.shape),
-        direction: Some(detected_direction == Some(expected)),
+        direction: Some(detected_direction.is_some_and(|d| accepted.contains(&d))),
         trajectory_error,
         permanence,
         consistency,
         detected_colour: detected_colour.map(str::to_string),
         detected_shape: detected_shape.map(|s| s.name().to_string()),
         detected_direction: detected_direction.map(|d| d.name().to_string()),
+        expected_direction: accepted
+            .iter()
+            .map(|d| d.name())
+            .collect::<Vec<_>>()
+            .join(" or "),
+    }
+}
+
+/// What a prompt asks of its first-named object's motion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Asked {
+    /// This direction (`None`: stay still).
+    Exactly(Direction),
+    /// Left or right, either: an occluder caption that names no side ("slips behind a pillar
+    /// and reappears").
+    Sideways,
+    /// Sideways, away from the second-named object ("… and … drift apart").
+    AwayFromOther,
+    /// Sideways, toward the second-named object ("… heads toward …").
+    TowardOther,
+}
+
+/// What `caption`, written from `truth`, asks of the first-named object. Where the words leave
+/// the side open, the truth's own side is one draw among equally good ones, so it is not what
+/// a video is held to.
+pub fn asked(truth: &Truth, caption: &str) -> Asked {
+    let names_a_side = caption
+        .split_whitespace()
+        .any(|w| matches!(w, "left" | "right"));
+    match (truth.scene, truth.relation) {
+        (SceneKind::TwoObjects, Some(Relation::Apart)) => Asked::AwayFromOther,
+        (SceneKind::TwoObjects, Some(Relation::Toward)) => Asked::TowardOther,
+        (SceneKind::Occluder, _) if !names_a_side => Asked::Sideways,
+        _ => Asked::Exactly(truth.expected_direction()),
+    }
+}
+
+/// The directions that satisfy `asked`, given the tracks of the first- and second-named
+/// objects. A motion relative to the other object is judged from where the two first appear
+/// together; none is accepted when they never do (the video does not show the relation).
+fn accepted_directions(
+    asked: Asked,
+    track: &[Option<Blob>],
+    other_track: &[Option<Blob>],
+) -> Vec<Direction> {
+    let other_is_right = || {
+        track.iter().zip(other_track).find_map(|pair| match pair {
+            (Some(a), Some(b)) => Some(b.cx > a.cx),
+            _ => None,
+        })
+    };
+    let side = |right: bool| {
+        if right {
+            Direction::Right
+        } else {
+            Direction::Left
+        }
+    };
+    match asked {
+        Asked::Exactly(d) => vec![d],
+        Asked::Sideways => vec![Direction::Left, Direction::Right],
+        Asked::AwayFromOther => other_is_right().map(|r| side(!r)).into_iter().collect(),
+        Asked::TowardOther => other_is_right().map(side).into_iter().collect(),
     }
 }
 
 /// The blob of the target colour if there is one, else the largest coloured blob.
-fn pick(blobs: Vec<Blob>, target: Option<usize>) -> Option<Blob> {
-    let largest = |it: &mut dyn Iterator<Item = Blob>| it.max_by_key(|b| b.area);
-    let wanted = blobs
-        .iter()
-        .filter(|b| b.colour == target && target.is_some());
-    largest(&mut wanted.cloned())
-        .or_else(|| largest(&mut blobs.into_iter().filter(|b| b.colour.is_some())))
+fn pick(blobs: &[Blob], target: Option<usize>) -> Option<Blob> {
+    target
+        .and_then(|t| pick_exact(blobs, t))
+        .or_else(|| largest(blobs.iter().filter(|b| b.colour.is_some())))
+}
+
+/// The largest blob of colour `target`, if any.
+fn pick_exact(blobs: &[Blob], target: usize) -> Option<Blob> {
+    largest(blobs.iter().filter(|b| b.colour == Some(target)))
+}
+
+fn largest<'a>(blobs: impl Iterator<Item = &'a Blob>) -> Option<Blob> {
+    blobs.max_by_key(|b| b.area).cloned()
 }
 
 /// Fill ratio and bottom share → shape: a triangle holds 3/4 of its coverage below its centre

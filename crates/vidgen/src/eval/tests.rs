@@ -8,7 +8,7 @@ fn world_scores(spec: WorldSpec, split: Split, n: u64) -> Vec<ClipScore> {
     (0..n)
         .map(|seed| {
             let clip = sample_clip(&spec, seed, split);
-            let s = score_clip(&clip.video, f, h, w, &clip.truth);
+            let s = score_clip(&clip.video, f, h, w, &clip.truth, &clip.caption);
             if !(s.colour && s.shape && s.direction != Some(false)) {
                 eprintln!("seed {seed} `{}`: {s:?}", clip.caption);
             }
@@ -83,7 +83,14 @@ fn blurred_clips_keep_their_colour_shape_and_motion() {
     let scores: Vec<ClipScore> = (0..150)
         .map(|seed| {
             let clip = sample_clip(&spec, seed, Split::Eval);
-            score_clip(&blur(&clip.video, 64, 64), 17, 64, 64, &clip.truth)
+            score_clip(
+                &blur(&clip.video, 64, 64),
+                17,
+                64,
+                64,
+                &clip.truth,
+                &clip.caption,
+            )
         })
         .collect();
     let summary = summarize(&scores);
@@ -100,11 +107,11 @@ fn uniform_noise_scores_poorly() {
     let mut rng = NoiseRng::new(1);
     let scores: Vec<ClipScore> = (0..100)
         .map(|seed| {
-            let truth = sample_clip(&spec, seed, Split::Eval).truth;
+            let clip = sample_clip(&spec, seed, Split::Eval);
             let noise: Vec<f32> = (0..17 * 64 * 64 * 3)
                 .map(|_| rng.uniform() as f32)
                 .collect();
-            score_clip(&noise, 17, 64, 64, &truth)
+            score_clip(&noise, 17, 64, 64, &clip.truth, &clip.caption)
         })
         .collect();
     let summary = summarize(&scores);
@@ -182,7 +189,7 @@ fn hand_made_clips_are_read_right() {
     ];
     for (shape, colour, from, to, direction) in cases {
         let video = hand_made(shape, colour, from, to);
-        let s = score_clip(&video, 9, 48, 80, &truth_for(shape, colour, direction));
+        let s = score_clip(&video, 9, 48, 80, &truth_for(shape, colour, direction), "");
         assert_eq!(s.detected_colour.as_deref(), Some(colour), "{s:?}");
         assert_eq!(s.detected_shape.as_deref(), Some(shape.name()), "{s:?}");
         assert_eq!(
@@ -194,7 +201,7 @@ fn hand_made_clips_are_read_right() {
         assert_eq!(s.consistency, 1.0);
         // The same video judged against another prompt fails exactly where it differs.
         let other = truth_for(Shape::Square, "green", Direction::Down);
-        let s = score_clip(&video, 9, 48, 80, &other);
+        let s = score_clip(&video, 9, 48, 80, &other, "");
         assert!(!s.colour && s.direction == Some(false));
         assert_eq!(s.shape, shape == Shape::Square);
     }
@@ -204,18 +211,18 @@ fn hand_made_clips_are_read_right() {
 fn a_blank_video_finds_nothing_and_reversed_motion_is_caught() {
     let truth = truth_for(Shape::Ball, "red", Direction::Right);
     let blank: Vec<f32> = (0..9 * 48 * 80).flat_map(|_| rgb_of("black")).collect();
-    let s = score_clip(&blank, 9, 48, 80, &truth);
+    let s = score_clip(&blank, 9, 48, 80, &truth, "");
     assert!(!s.colour && !s.shape && s.direction == Some(false));
     assert_eq!(s.detected_colour, None);
     assert_eq!(s.consistency, 0.0);
 
     let mut video = hand_made(Shape::Ball, "red", (60.0, 24.0), (15.0, 24.0));
-    let s = score_clip(&video, 9, 48, 80, &truth);
+    let s = score_clip(&video, 9, 48, 80, &truth, "");
     assert!(s.colour && s.direction == Some(false));
     // An object that vanishes halfway is inconsistent.
     let half = video.len() / 2;
     video[half..].iter_mut().for_each(|v| *v = 0.06);
-    let s = score_clip(&video, 9, 48, 80, &truth);
+    let s = score_clip(&video, 9, 48, 80, &truth, "");
     assert!(s.consistency < 0.9, "{s:?}");
 }
 
@@ -231,6 +238,7 @@ fn summary_rates_count_only_clips_that_have_them() {
         detected_colour: None,
         detected_shape: None,
         detected_direction: None,
+        expected_direction: String::new(),
     };
     let other = ClipScore {
         colour: false,
@@ -249,4 +257,116 @@ fn summary_rates_count_only_clips_that_have_them() {
     assert_eq!((s.trajectory_error, s.trajectory_count), (Some(0.1), 1));
     assert_eq!((s.permanence_rate, s.consistency), (Some(1.0), 0.75));
     assert_eq!(summarize(&[]).direction_accuracy, None);
+}
+
+/// `video` mirrored left to right.
+fn mirrored(video: &[f32], h: usize, w: usize) -> Vec<f32> {
+    let mut out = video.to_vec();
+    for (src, dst) in video.chunks_exact(w * 3).zip(out.chunks_exact_mut(w * 3)) {
+        for x in 0..w {
+            dst[x * 3..x * 3 + 3].copy_from_slice(&src[(w - 1 - x) * 3..(w - x) * 3]);
+        }
+    }
+    debug_assert_eq!(out.len() % (h * w * 3), 0);
+    out
+}
+
+/// `video` played backwards.
+fn reversed(video: &[f32], h: usize, w: usize) -> Vec<f32> {
+    video
+        .chunks_exact(h * w * 3)
+        .rev()
+        .flatten()
+        .copied()
+        .collect()
+}
+
+/// Eval clips of `spec` whose prompt asks `want`, with the clip.
+fn clips_asking(spec: &WorldSpec, want: Asked, n: usize) -> Vec<crate::data::Clip> {
+    (0..2000)
+        .map(|seed| sample_clip(spec, seed, Split::Eval))
+        .filter(|c| asked(&c.truth, &c.caption) == want)
+        .take(n)
+        .collect()
+}
+
+#[test]
+fn a_side_the_prompt_leaves_open_is_not_held_against_the_video() {
+    let spec = WorldSpec::default();
+    let (f, h, w) = (spec.num_frames, spec.height, spec.width);
+    for want in [Asked::Sideways, Asked::AwayFromOther, Asked::TowardOther] {
+        let clips = clips_asking(&spec, want, 8);
+        assert_eq!(clips.len(), 8);
+        for clip in &clips {
+            let score = |video: &[f32]| score_clip(video, f, h, w, &clip.truth, &clip.caption);
+            // The world's clip and its mirror image both do what the prompt says: the mirror
+            // is the same scene drawn on the other side.
+            let (s, m) = (score(&clip.video), score(&mirrored(&clip.video, h, w)));
+            assert_eq!(s.direction, Some(true), "`{}`: {s:?}", clip.caption);
+            assert_eq!(
+                m.direction,
+                Some(true),
+                "`{}` mirrored: {m:?}",
+                clip.caption
+            );
+            assert_ne!(s.detected_direction, m.detected_direction);
+            if want == Asked::Sideways {
+                assert_eq!(s.expected_direction, "left or right");
+            } else {
+                // Played backwards, objects that part meet and a mover that arrives leaves.
+                let r = score(&reversed(&clip.video, h, w));
+                assert_eq!(
+                    r.direction,
+                    Some(false),
+                    "`{}` reversed: {r:?}",
+                    clip.caption
+                );
+            }
+        }
+    }
+    // A prompt that names the side is held to it: the mirror image fails.
+    let named: Vec<_> = (0..2000)
+        .map(|seed| sample_clip(&spec, seed, Split::Eval))
+        .filter(|c| c.truth.scene == SceneKind::Occluder || c.truth.scene == SceneKind::Move)
+        .filter(|c| c.caption.contains("left") || c.caption.contains("right"))
+        .take(8)
+        .collect();
+    for clip in &named {
+        let m = score_clip(
+            &mirrored(&clip.video, h, w),
+            f,
+            h,
+            w,
+            &clip.truth,
+            &clip.caption,
+        );
+        assert!(matches!(
+            asked(&clip.truth, &clip.caption),
+            Asked::Exactly(_)
+        ));
+        assert_eq!(
+            m.direction,
+            Some(false),
+            "`{}` mirrored: {m:?}",
+            clip.caption
+        );
+    }
+}
+
+#[test]
+fn a_relation_with_no_second_object_in_sight_is_not_followed() {
+    let spec = WorldSpec::default();
+    let (f, h, w) = (spec.num_frames, spec.height, spec.width);
+    let clip = &clips_asking(&spec, Asked::TowardOther, 1)[0];
+    // Only the first-named object, moving as the world moves it.
+    let alone = crate::data::render::render(&Truth {
+        objects: clip.truth.objects[..1].to_vec(),
+        ..clip.truth.clone()
+    });
+    let s = score_clip(&alone, f, h, w, &clip.truth, &clip.caption);
+    assert!(s.colour, "{s:?}");
+    assert_eq!(
+        (s.direction, s.expected_direction.as_str()),
+        (Some(false), "")
+    );
 }
