@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use vidgen::checkpoint::Weights;
-use vidgen::data::{sample_clip, Split, WorldSpec};
+use vidgen::data::{sample_clip, SceneKind, Split, WorldSpec, MIXTURE};
 use vidgen::eval::similarity::psnr;
 use vidgen::eval::{score_clip, summarize, ClipScore, Summary};
 use vidgen::families::wan::vae::{AutoencoderKlWan, AutoencoderKlWanConfig};
@@ -118,6 +118,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     // --reconstruct: the round trip's PSNR against the world's clip, summed by frame index
     let mut psnr_sums = vec![0.0; spec.num_frames];
     let mut scores: Vec<ClipScore> = Vec::with_capacity(args.count);
+    let mut scenes: Vec<SceneKind> = Vec::with_capacity(args.count);
     let mut per_clip = Vec::with_capacity(args.count);
     for i in 0..args.count {
         let seed = args.seed + i as u64;
@@ -159,6 +160,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
         per_clip.push(entry);
         scores.push(score);
+        scenes.push(clip.truth.scene);
         if mode == "model" {
             eprintln!(
                 "[{}/{}] {:.1}s {}",
@@ -172,6 +174,20 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let seconds_per_clip = started.elapsed().as_secs_f64() / args.count.max(1) as f64;
     let summary = summarize(&scores);
     print_table(mode, &summary, seconds_per_clip);
+    let by_scene = direction_by_scene(&scenes, &scores);
+    let line: Vec<String> = by_scene
+        .iter()
+        .map(|(scene, n, right)| format!("{} {right}/{n}", scene.name()))
+        .collect();
+    println!("direction by scene: {}", line.join(", "));
+    let by_scene_json: serde_json::Map<String, serde_json::Value> = by_scene
+        .iter()
+        .map(|&(scene, n, right)| {
+            let accuracy = right as f64 / n as f64;
+            let entry = serde_json::json!({ "count": n, "accuracy": accuracy });
+            (scene.name().to_string(), entry)
+        })
+        .collect();
     let mut record = serde_json::json!({
         "mode": mode,
         "model": args.model,
@@ -181,6 +197,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         "steps": args.steps,
         "seconds_per_clip": seconds_per_clip,
         "summary": summary,
+        "direction_by_scene": by_scene_json,
     });
     if vae.is_some() {
         let means: Vec<f64> = psnr_sums
@@ -289,6 +306,28 @@ fn generate(
     let (f, h, w, _) = generated.frames.dims4()?;
     let data = generated.frames.flatten_all()?.to_vec1::<f32>()?;
     Ok((data, (f, h, w)))
+}
+
+/// `(scene, clips scored for direction, of them right)` for each scene that had any, in
+/// [`MIXTURE`]'s order: where a model's motion goes wrong.
+fn direction_by_scene(
+    scenes: &[SceneKind],
+    scores: &[ClipScore],
+) -> Vec<(SceneKind, usize, usize)> {
+    MIXTURE
+        .iter()
+        .map(|&(kind, _)| {
+            let verdicts: Vec<bool> = scenes
+                .iter()
+                .zip(scores)
+                .filter(|(scene, _)| **scene == kind)
+                .filter_map(|(_, score)| score.direction)
+                .collect();
+            let right = verdicts.iter().filter(|v| **v).count();
+            (kind, verdicts.len(), right)
+        })
+        .filter(|(_, n, _)| *n > 0)
+        .collect()
 }
 
 fn print_table(mode: &str, s: &Summary, seconds_per_clip: f64) {

@@ -137,6 +137,19 @@ fn eval_ground_truth_scores_high_and_noise_scores_low() {
     assert!(s["shape_accuracy"].as_f64().unwrap() >= 0.9, "{s}");
     assert!(s["direction_accuracy"].as_f64().unwrap() >= 0.95, "{s}");
     assert!(s["consistency"].as_f64().unwrap() >= 0.95, "{s}");
+    // Every scene drawn is broken out, and the breakdown adds up to the summary.
+    let by_scene = truth["direction_by_scene"].as_object().unwrap();
+    assert!(by_scene.len() >= 5, "{by_scene:?}");
+    let mut total = 0;
+    for (scene, entry) in by_scene {
+        assert!(
+            entry["accuracy"].as_f64().unwrap() >= 0.9,
+            "{scene}: {entry}"
+        );
+        total += entry["count"].as_u64().unwrap();
+    }
+    assert_eq!(total, s["direction_count"].as_u64().unwrap());
+    assert!(stdout.contains("direction by scene: move "), "{stdout}");
     let file: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(file["clips"].as_array().unwrap().len(), 60);
