@@ -419,6 +419,37 @@ impl SimpleBackend for TrackedBackend {
     }
 }
 
+/// Saves `tensors` as a safetensors file at `path`: written under a temporary name in the same
+/// folder and renamed, so a crash never leaves half a file under the final name. The file is
+/// made readable by all (0644, what a default umask gives a new file): candle's writer creates
+/// it private (0600), which would keep a model folder from being shared or served by another
+/// user.
+pub fn save_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = PathBuf::from(name);
+    let written = candle_core::safetensors::save(tensors, &tmp)
+        .map_err(Error::from)
+        .and_then(|()| readable_by_all(&tmp))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+#[cfg(unix)]
+fn readable_by_all(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| Error::io(path, e))
+}
+
+#[cfg(not(unix))]
+fn readable_by_all(_: &Path) -> Result<()> {
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,6 +466,31 @@ mod tests {
         )
         .unwrap();
         file
+    }
+
+    #[test]
+    fn saved_weights_are_whole_and_readable_by_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let a = Tensor::arange(0f32, 6.0, &Device::Cpu).unwrap();
+        let tensors: HashMap<String, Tensor> = [("a".to_string(), a)].into_iter().collect();
+        save_safetensors(&path, &tensors).unwrap();
+        let back = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+        assert_eq!(
+            back["a"].to_vec1::<f32>().unwrap(),
+            [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary file is left: {names:?}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o644);
+        }
+        // A folder that is not there: an error naming the path, and nothing written.
+        let err = save_safetensors(&dir.path().join("no/such.safetensors"), &tensors);
+        assert!(err.is_err());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use candle_nn::{VarBuilder, VarMap};
 use super::config::{Part, TrainConfig};
 use super::data::{plan_batch, BatchPlan, ClipSource, FolderSource, TrainClip, WorldSource};
 use super::optim::AdamW;
-use crate::checkpoint::{class_name, weight_files};
+use crate::checkpoint::{class_name, save_safetensors, weight_files};
 use crate::families::wan::config::WanTransformerConfig;
 use crate::families::wan::pipeline::WanPipeline;
 use crate::families::wan::transformer::WanTransformer3D;
@@ -704,19 +704,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".tmp-{}", std::process::id()));
-    PathBuf::from(name)
-}
-
-/// Saves `tensors` as safetensors atomically.
-pub fn save_safetensors_atomic(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
-    let tmp = tmp_path(path);
-    candle_core::safetensors::save(tensors, &tmp)?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
 /// The checkpoint `out/checkpoints/latest` names, if any.
 pub fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>> {
     let pointer = out.join("checkpoints").join("latest");
@@ -747,7 +734,7 @@ impl Trainer {
         let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        candle_core::safetensors::save(&self.opt.state()?, tmp.join("state.safetensors"))?;
+        save_safetensors(&tmp.join("state.safetensors"), &self.opt.state()?)?;
         let state = TrainerState {
             step: self.opt.step,
             part: self.cfg.part,
@@ -814,9 +801,9 @@ impl Trainer {
                 .model
                 .join("text_encoder")
                 .join("model.safetensors");
-            save_safetensors_atomic(&path, &text)?;
+            save_safetensors(&path, &text)?;
         }
-        save_safetensors_atomic(&dir.join("diffusion_pytorch_model.safetensors"), &weights)
+        save_safetensors(&dir.join("diffusion_pytorch_model.safetensors"), &weights)
     }
 
     /// Per-channel mean and standard deviation of the encoder's latent means over

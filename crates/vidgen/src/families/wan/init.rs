@@ -10,6 +10,7 @@ use serde_json::json;
 use super::presets::WanPreset;
 use super::transformer::WanTransformer3D;
 use super::vae::AutoencoderKlWan;
+use crate::checkpoint::save_safetensors;
 use crate::noise::NoiseRng;
 use crate::text::{default_vocab, write_tokenizer_json, Umt5EncoderModel};
 use crate::{Error, Result};
@@ -106,10 +107,13 @@ fn write_into(dir: &Path, preset: &WanPreset, seed: u64) -> Result<()> {
     text_json["model_type"] = json!("umt5");
     text_json["tie_word_embeddings"] = json!(true);
     write_json(&dir.join("text_encoder/config.json"), &text_json)?;
-    random_weights(&mut rng, preset.text_encoder_dtype, |vb| {
+    let text_weights = random_weights(&mut rng, preset.text_encoder_dtype, |vb| {
         Umt5EncoderModel::new(&text_cfg, vb).map(|_| ())
-    })?
-    .save(dir.join("text_encoder/model.safetensors"))?;
+    })?;
+    save_safetensors(
+        &dir.join("text_encoder/model.safetensors"),
+        &detached(&text_weights),
+    )?;
 
     write_json(
         &dir.join("scheduler/scheduler_config.json"),
@@ -158,8 +162,7 @@ fn write_random_weights(
     rng: &mut NoiseRng,
     build: impl FnOnce(VarBuilder) -> candle_core::Result<()>,
 ) -> Result<()> {
-    random_weights(rng, DType::F32, build)?.save(path)?;
-    Ok(())
+    save_safetensors(path, &detached(&random_weights(rng, DType::F32, build)?))
 }
 
 /// Random weights for whatever model `build` constructs: every tensor it asks for, named and
