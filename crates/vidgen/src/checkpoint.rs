@@ -488,9 +488,9 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o644);
         }
-        // A folder that is not there: an error naming the path, and nothing written.
-        let err = save_safetensors(&dir.path().join("no/such.safetensors"), &tensors);
-        assert!(err.is_err());
+        // A folder that is not there: an error, and nothing left behind.
+        assert!(save_safetensors(&dir.path().join("no/such.safetensors"), &tensors).is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]
