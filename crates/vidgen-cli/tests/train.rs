@@ -111,3 +111,27 @@ stats_clips = 2
         "{err}"
     );
 }
+
+/// The run configs committed under `train/` (the built-in model's recipe, TRAINING.md) stay
+/// valid as the config format changes: each parses, passes the checks, and names the built-in
+/// model folder.
+#[test]
+fn the_committed_training_configs_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../train");
+    let mut count = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let cfg = vidgen::train::TrainConfig::from_file(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(
+                cfg.model.ends_with("models/tiny-world") || cfg.model.ends_with("tiny-world-large"),
+                "{}: model {}",
+                path.display(),
+                cfg.model.display()
+            );
+            count += 1;
+        }
+    }
+    assert!(count >= 10, "{count} configs in {}", dir.display());
+}
