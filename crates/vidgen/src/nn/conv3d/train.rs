@@ -1,10 +1,10 @@
 //! The conv3d of training (and of inference on GPUs): the forward as im2col + matmul over the
 //! padded input, with a backward pass. The inference path's band-wise im2col has none, and
 //! backpropagating through it (per batch element and band, hundreds of `narrow`s, each of whose
-//! gradients is a zero-padded copy of the whole input) costs ~10x the forward. On the CPU (f32) the im2col is a custom op whose
-//! backward is one col2im scatter; elsewhere (CUDA, Metal, other dtypes) it is built from candle
-//! ops over the whole batch at once: one strided view per kernel tap, so a few dozen ops per
-//! convolution instead of thousands.
+//! gradients is a zero-padded copy of the whole input) costs ~10x the forward. On the CPU (f32)
+//! the im2col is a custom op whose backward is one col2im scatter; elsewhere (CUDA, Metal, other
+//! dtypes) it is built from candle ops over the whole batch at once: one strided view per kernel
+//! tap, so a few dozen ops per convolution instead of thousands.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
