@@ -108,13 +108,14 @@ fn resuming_gives_the_same_weights_as_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model");
     small_model(&model);
-    // a little caption dropout and accumulation, so the data plan matters
+    // a little caption dropout, word noise and accumulation, so the data plan matters
     let extra = "grad_accum = 2";
     // 40 clips: three encode groups (16, 16, 8); the resumed run encodes them again, at other
     // steps than the uninterrupted one
     let config = |out: &Path| {
         let mut cfg = config(&model, out, "dit", 6, extra);
         cfg.data.num_clips = 40;
+        cfg.data.word_noise = 0.5;
         cfg
     };
     let whole = tmp.path().join("whole");

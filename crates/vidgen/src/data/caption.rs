@@ -301,3 +301,67 @@ pub fn vocabulary() -> Vec<String> {
     words.dedup();
     words
 }
+
+/// Verbs of train templates that the rest of their caption makes redundant when it holds one
+/// of [`ANCHORS`] (`moves to the left`, `falls to the floor`, `the camera pans left`): the
+/// ones [`distract`] may put a distractor in place of.
+const REDUNDANT_VERBS: &[&str] = &[
+    "moves", "move", "moving", "slides", "glides", "travels", "goes", "rolls", "floats", "falls",
+    "drops", "passes", "pans",
+];
+/// Words that carry a caption's motion on their own: a direction, the floor a fall ends on,
+/// the wall of an occluder, the camera of a pan, the relation of two objects.
+const ANCHORS: &[&str] = &[
+    "left", "right", "up", "down", "floor", "wall", "camera", "toward", "towards", "apart", "away",
+];
+
+/// Words a distractor is drawn from: the tokenizer's general prompt words
+/// ([`crate::text::vocab::default_vocab`]) that the world's grammar, train and eval, never uses.
+fn distractor_words() -> &'static [String] {
+    static WORDS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    WORDS.get_or_init(|| {
+        let grammar = vocabulary();
+        crate::text::vocab::default_vocab()
+            .into_iter()
+            .filter_map(|(piece, _)| {
+                let word = piece.strip_prefix(crate::text::vocab::WORD_START)?;
+                (!word.is_empty() && grammar.binary_search(&word.to_string()).is_err())
+                    .then(|| word.to_string())
+            })
+            .collect()
+    })
+}
+
+/// `caption` with one to three words the model has no use for: put in place of a verb the
+/// caption's anchor word makes redundant (half the time, where it has one), else inserted at a
+/// random place. Training on such captions (`data.word_noise`) teaches a model to read a
+/// prompt by its meaning words and pass over words it never learned, as a phrasing it never
+/// saw holds (`drifts to the left`). Distractors come from outside the world's grammar, so the
+/// held-out phrasings' own words stay unseen. The words that carry meaning are never dropped.
+pub fn distract(caption: &str, rng: &mut NoiseRng) -> String {
+    let words: Vec<&str> = caption.split_whitespace().collect();
+    let pool = distractor_words();
+    let u = rng.uniform();
+    let count = 1 + usize::from(u < 0.3) + usize::from(u < 0.1);
+    let fillers: Vec<&str> = (0..count)
+        .map(|_| pool[pick(rng, pool.len())].as_str())
+        .collect();
+    let anchored = words.iter().any(|w| ANCHORS.contains(w));
+    let verbs: Vec<usize> = (0..words.len())
+        .filter(|&i| anchored && REDUNDANT_VERBS.contains(&words[i]))
+        .collect();
+    let replace = !verbs.is_empty() && rng.uniform() < 0.5;
+    let mut out: Vec<&str> = Vec::with_capacity(words.len() + count);
+    if replace {
+        let at = verbs[pick(rng, verbs.len())];
+        out.extend(&words[..at]);
+        out.extend(&fillers);
+        out.extend(&words[at + 1..]);
+    } else {
+        let at = pick(rng, words.len() + 1);
+        out.extend(&words[..at]);
+        out.extend(&fillers);
+        out.extend(&words[at..]);
+    }
+    out.join(" ")
+}

@@ -16,7 +16,7 @@ mod caption;
 pub mod render;
 pub mod world;
 
-pub use caption::vocabulary;
+pub use caption::{distract, vocabulary};
 pub use world::{
     Direction, ObjectState, ObjectTruth, Occluder, Relation, SceneKind, Shape, Size, Speed, Truth,
     BACKGROUNDS, COLOURS, MIXTURE,

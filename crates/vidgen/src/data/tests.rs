@@ -146,6 +146,77 @@ fn eval_phrasings_never_appear_in_train_and_vocabulary_covers_both() {
 }
 
 #[test]
+fn distractors_keep_every_meaning_word_and_come_from_outside_the_grammar() {
+    let grammar: HashSet<String> = vocabulary().into_iter().collect();
+    let (mut replaced, mut inserted) = (0, 0);
+    for seed in 0..400 {
+        let clip = sample_clip(&spec(), seed, Split::Train);
+        let mut rng = crate::noise::NoiseRng::new(seed);
+        let noisy = distract(&clip.caption, &mut rng);
+        let again = distract(&clip.caption, &mut crate::noise::NoiseRng::new(seed));
+        assert_eq!(noisy, again, "not deterministic per seed");
+        let (before, after) = (words(&clip.caption), words(&noisy));
+        // the caption's grammar words, in order, minus at most one redundant verb
+        let kept: Vec<&str> = after
+            .iter()
+            .copied()
+            .filter(|w| grammar.contains(*w))
+            .collect();
+        let added: Vec<&str> = after
+            .iter()
+            .copied()
+            .filter(|w| !grammar.contains(*w))
+            .collect();
+        assert!(
+            (1..=3).contains(&added.len()),
+            "{noisy:?} from {:?}: {} distractors",
+            clip.caption,
+            added.len()
+        );
+        if kept == before {
+            inserted += 1;
+        } else {
+            replaced += 1;
+            assert_eq!(
+                kept.len() + 1,
+                before.len(),
+                "{noisy:?} from {:?}",
+                clip.caption
+            );
+            let gone = before
+                .iter()
+                .enumerate()
+                .find(|(i, w)| kept.get(*i) != Some(*w))
+                .map(|(_, w)| *w)
+                .expect("a word is gone");
+            assert!(
+                [
+                    "moves", "slides", "falls", "drops", "glides", "travels", "goes", "rolls",
+                    "floats", "passes", "pans", "move", "moving"
+                ]
+                .contains(&gone),
+                "{gone:?} taken from {:?}",
+                clip.caption
+            );
+            for meaning in [
+                "left", "right", "up", "down", "floor", "camera", "apart", "toward",
+            ] {
+                assert_eq!(
+                    before.contains(&meaning),
+                    kept.contains(&meaning),
+                    "{meaning:?}: {noisy:?} from {:?}",
+                    clip.caption
+                );
+            }
+        }
+    }
+    assert!(
+        replaced > 50 && inserted > 150,
+        "replaced {replaced}, inserted {inserted}"
+    );
+}
+
+#[test]
 fn mixture_sums_to_one_and_is_followed() {
     let total: f64 = MIXTURE.iter().map(|(_, p)| p).sum();
     assert!((total - 1.0).abs() < 1e-9);

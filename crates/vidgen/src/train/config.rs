@@ -125,6 +125,11 @@ pub struct DataConfig {
     /// Probability of training on the empty caption (classifier-free guidance).
     #[serde(default = "defaults::caption_dropout")]
     pub caption_dropout: f64,
+    /// Probability that a training caption gets distractor words, inserted or in place of a
+    /// verb its direction word makes redundant ([`crate::data::distract`]): robustness to
+    /// phrasings and words the model never learned. 0 (the default): captions as drawn.
+    #[serde(default)]
+    pub word_noise: f64,
     /// World source: multipliers of the scene mixture's shares by scene name (`move`, `fall`,
     /// `bounce`, `still`, `two_objects`, `occluder`, `pan`; unnamed ones 1), e.g.
     /// `{ pan = 3.0 }` to draw camera pans three times as often. Empty: the world's own mix.
@@ -360,6 +365,9 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&d.caption_dropout) {
             return Err("data.caption_dropout must be in [0, 1]".into());
         }
+        if !(0.0..=1.0).contains(&d.word_noise) {
+            return Err("data.word_noise must be in [0, 1]".into());
+        }
         if !d.scene_weights.is_empty() {
             if d.source != "world" {
                 return Err("data.scene_weights applies to data.source = \"world\" only".into());
@@ -438,6 +446,10 @@ buckets = [[17, 64, 64], [9, 48, 80]]
             .unwrap_err()
             .to_string();
         assert!(err.contains("unet"), "{err}");
+        let err = TrainConfig::from_toml(&format!("{MINIMAL}word_noise = 1.5"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("word_noise"), "{err}");
         let err = TrainConfig::from_toml(&MINIMAL.replace("[[17, 64, 64], [9, 48, 80]]", "[]"))
             .unwrap_err()
             .to_string();

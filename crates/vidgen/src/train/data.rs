@@ -249,6 +249,8 @@ pub struct BatchPlan {
     pub clips: Vec<usize>,
     /// Per clip: train on the empty caption instead (classifier-free guidance).
     pub drop_caption: Vec<bool>,
+    /// Per clip: the seed of its caption's distractor words (`data.word_noise`), if it gets any.
+    pub distract: Vec<Option<u64>>,
     /// Seeds the noise and timesteps of this micro-batch.
     pub noise_seed: u64,
 }
@@ -284,10 +286,18 @@ pub fn plan_batch(
     let drop_caption = (0..batch_size)
         .map(|_| rng.uniform() < data.caption_dropout)
         .collect();
+    // drawn from a stream of their own, so that plans without word noise stay as they were
+    let mut words = NoiseRng::new(mix_seed(&[seed, 0x0D15, step as u64, micro as u64]));
+    let distract = (0..batch_size)
+        .map(|_| {
+            (data.word_noise > 0.0 && words.uniform() < data.word_noise).then(|| words.next_u64())
+        })
+        .collect();
     BatchPlan {
         size: data.buckets[bucket],
         clips,
         drop_caption,
+        distract,
         noise_seed: rng.next_u64(),
     }
 }
@@ -382,6 +392,46 @@ mod tests {
         );
         let plan = plan_batch(&d, 5, 64, 1, 0, 0);
         assert!(plan.clips.iter().all(|&c| c < 5));
+        assert!(
+            plan.distract.iter().all(Option::is_none),
+            "word noise is off by default"
+        );
+    }
+
+    #[test]
+    fn word_noise_marks_its_share_of_captions_and_leaves_the_rest_of_the_plan() {
+        let quiet = data();
+        let noisy = DataConfig {
+            word_noise: 0.25,
+            ..data()
+        };
+        let marked: usize = (0..100)
+            .map(|step| {
+                let (a, b) = (
+                    plan_batch(&quiet, 100, 8, 7, step, 0),
+                    plan_batch(&noisy, 100, 8, 7, step, 0),
+                );
+                assert_eq!(
+                    (&a.clips, a.size, a.noise_seed),
+                    (&b.clips, b.size, b.noise_seed)
+                );
+                b.distract.iter().flatten().count()
+            })
+            .sum();
+        assert!(
+            (150..250).contains(&marked),
+            "{marked} of 800 captions marked"
+        );
+        let all = DataConfig {
+            word_noise: 1.0,
+            ..data()
+        };
+        let seeds: Vec<u64> = plan_batch(&all, 100, 8, 7, 0, 0)
+            .distract
+            .into_iter()
+            .map(|s| s.expect("every caption marked"))
+            .collect();
+        assert!(seeds.windows(2).all(|w| w[0] != w[1]));
     }
 
     #[test]

@@ -468,10 +468,21 @@ impl Trainer {
         };
         let mut latents = Vec::with_capacity(plan.clips.len());
         let mut captions = Vec::with_capacity(plan.clips.len());
-        for (&index, &drop) in plan.clips.iter().zip(&plan.drop_caption) {
+        for ((&index, &drop), &distract) in plan
+            .clips
+            .iter()
+            .zip(&plan.drop_caption)
+            .zip(&plan.distract)
+        {
             let clip = &state.encoded[&(plan.size, index)];
             latents.push(clip.latents.clone());
-            captions.push(if drop { "" } else { clip.caption.as_str() });
+            captions.push(match (drop, distract) {
+                (true, _) => String::new(),
+                (false, Some(seed)) => {
+                    crate::data::distract(&clip.caption, &mut NoiseRng::new(seed))
+                }
+                (false, None) => clip.caption.clone(),
+            });
         }
         let x0 = Tensor::cat(&latents, 0)?;
         let text = match &state.trained_text {
@@ -480,10 +491,10 @@ impl Trainer {
             Some(text_cfg) => {
                 let vb = VarBuilder::from_varmap(&self.varmap, DType::F32, &self.device);
                 let encoder = T5EncoderModel::new(text_cfg, vb.pp(TEXT_PREFIX))?;
+                let captions: Vec<&str> = captions.iter().map(String::as_str).collect();
                 encode_prompts(state.text.tokenizer(), &encoder, &captions, state.max_len)?
             }
             None => {
-                let captions: Vec<String> = captions.iter().map(|c| c.to_string()).collect();
                 let texts = captions
                     .iter()
                     .map(|c| state.text_of(c, &self.device))
