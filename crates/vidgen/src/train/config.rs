@@ -127,7 +127,9 @@ pub struct DataConfig {
     pub caption_dropout: f64,
     /// Probability that a training caption gets distractor words, inserted or in place of a
     /// verb its direction word makes redundant ([`crate::data::distract`]): robustness to
-    /// phrasings and words the model never learned. 0 (the default): captions as drawn.
+    /// phrasings and words the model never learned. 0 (the default): captions as drawn. Meant
+    /// for the world source: the distractors are general prompt words, which in a folder
+    /// dataset's own captions may carry meaning.
     #[serde(default)]
     pub word_noise: f64,
     /// World source: multipliers of the scene mixture's shares by scene name (`move`, `fall`,
