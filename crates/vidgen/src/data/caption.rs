@@ -346,22 +346,24 @@ pub fn distract(caption: &str, rng: &mut NoiseRng) -> String {
     let fillers: Vec<&str> = (0..count)
         .map(|_| pool[pick(rng, pool.len())].as_str())
         .collect();
-    let anchored = words.iter().any(|w| ANCHORS.contains(w));
-    let verbs: Vec<usize> = (0..words.len())
-        .filter(|&i| anchored && REDUNDANT_VERBS.contains(&words[i]))
-        .collect();
-    let replace = !verbs.is_empty() && rng.uniform() < 0.5;
-    let mut out: Vec<&str> = Vec::with_capacity(words.len() + count);
-    if replace {
-        let at = verbs[pick(rng, verbs.len())];
-        out.extend(&words[..at]);
-        out.extend(&fillers);
-        out.extend(&words[at + 1..]);
+    let verbs: Vec<usize> = if words.iter().any(|w| ANCHORS.contains(w)) {
+        (0..words.len())
+            .filter(|&i| REDUNDANT_VERBS.contains(&words[i]))
+            .collect()
     } else {
-        let at = pick(rng, words.len() + 1);
-        out.extend(&words[..at]);
-        out.extend(&fillers);
-        out.extend(&words[at..]);
-    }
-    out.join(" ")
+        Vec::new()
+    };
+    // the fillers go at `at`, in place of `replaced` words (the verb, or none)
+    let (at, replaced) = if !verbs.is_empty() && rng.uniform() < 0.5 {
+        (verbs[pick(rng, verbs.len())], 1)
+    } else {
+        (pick(rng, words.len() + 1), 0)
+    };
+    let spliced: Vec<&str> = words[..at]
+        .iter()
+        .chain(&fillers)
+        .chain(&words[at + replaced..])
+        .copied()
+        .collect();
+    spliced.join(" ")
 }
